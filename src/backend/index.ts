@@ -1,0 +1,71 @@
+/**
+ * Backend selection. `--backend native|wasm|js` or CAAT_BACKEND choose one explicitly (an unavailable
+ * explicit choice is an error naming the reason); otherwise the fastest available is used, in the
+ * order native, wasm, js. The choice is logged once per process.
+ */
+import { createJsBackend } from './js.js';
+import { loadNativeBackend } from './native.js';
+import { loadWasmBackend } from './wasm.js';
+import { type Backend, type BackendName, type BackendOptions, BackendUnavailableError } from './types.js';
+
+export * from './types.js';
+export { createJsBackend, ropeTables } from './js.js';
+
+const BACKENDS: readonly BackendName[] = ['native', 'wasm', 'js'];
+
+export function isBackendName(s: string): s is BackendName {
+  return (BACKENDS as readonly string[]).includes(s);
+}
+
+/** Load one backend by name; throws BackendUnavailableError with the reason if it cannot load. */
+export function loadBackend(name: BackendName, opts: BackendOptions = {}): Backend {
+  switch (name) {
+    case 'js':
+      return createJsBackend('f32');
+    case 'wasm':
+      return loadWasmBackend(opts);
+    case 'native':
+      return loadNativeBackend(opts);
+  }
+}
+
+/** Every backend name with either the loaded backend or the reason it is unavailable. */
+export function probeBackends(opts: BackendOptions = {}): { name: BackendName; backend?: Backend; reason?: string }[] {
+  return BACKENDS.map((name) => {
+    try {
+      return { name, backend: loadBackend(name, opts) };
+    } catch (e) {
+      return { name, reason: e instanceof BackendUnavailableError ? e.reason : String(e) };
+    }
+  });
+}
+
+let logged = false;
+
+/**
+ * Resolve the backend for this process: an explicit name (flag), else CAAT_BACKEND, else the fastest
+ * available. Logs the choice once (to stderr) unless `quiet`.
+ */
+export function selectBackend(requested?: string, opts: BackendOptions & { quiet?: boolean } = {}): Backend {
+  const want = requested ?? process.env['CAAT_BACKEND'];
+  let be: Backend | undefined;
+  if (want !== undefined && want !== '' && want !== 'auto') {
+    if (!isBackendName(want)) throw new Error(`unknown backend "${want}" (expected native, wasm, js or auto)`);
+    be = loadBackend(want, opts);
+  } else {
+    for (const name of BACKENDS) {
+      try {
+        be = loadBackend(name, opts);
+        break;
+      } catch (e) {
+        if (!(e instanceof BackendUnavailableError)) throw e;
+      }
+    }
+  }
+  if (!be) throw new Error('no backend available');
+  if (!logged && !opts.quiet) {
+    logged = true;
+    process.stderr.write(`caatnet: backend ${be.description}\n`);
+  }
+  return be;
+}
