@@ -1,0 +1,456 @@
+/**
+ * One rank of a Llama-style decoder with CAAT-Net tensor parallelism. With N = 1 it is the plain dense
+ * model. The forward is a straight list of layer calls; the backward walks it in reverse (llm.c style).
+ * Parameter gradients ACCUMULATE after an explicit `zeroGrad()`.
+ *
+ * Layouts on rank r of N (see ../tp/ops.ts for the op table):
+ *   x (residual stream) [B·T, h]   shared prefix [0, s) identical on all ranks; [s, h) private to r
+ *   q [B·T, NH/N·HD], k, v [B·T, NKV/N·HD]   column-parallel, this rank's heads
+ *   gate, up, swiglu [B·T, F/N]               column-parallel
+ *   o (row-parallel output) [B·T, h]          partial sum, then partialAllReduce
+ *   logits [B·T, V/N]                         vocab block r, computed from rank r's own final hidden
+ */
+import type { Backend, FloatArray } from '../backend/types.js';
+import { ropeTables } from '../backend/js.js';
+import type { Communicator } from '../tp/comm.js';
+import { embeddingReduce, partialAllReduce, vocabParallelMax, vocabParallelSums } from '../tp/ops.js';
+import type { ResolvedConfig } from './config.js';
+import { initFull, ParamSet, type ParamSpec, paramSpecs, sliceShard } from './params.js';
+
+interface LayerViews {
+  ln1: FloatArray; wq: FloatArray; wk: FloatArray; wv: FloatArray; wo: FloatArray;
+  ln2: FloatArray; wgate: FloatArray; wup: FloatArray; wdown: FloatArray;
+}
+
+interface Views {
+  embed: FloatArray; layers: LayerViews[]; norm: FloatArray; lmHead: FloatArray;
+}
+
+function views(ps: ParamSet, L: number): Views {
+  const layers: LayerViews[] = [];
+  for (let l = 0; l < L; l++) {
+    const p = `model.layers.${l}.`;
+    layers.push({
+      ln1: ps.get(`${p}input_layernorm.weight`),
+      wq: ps.get(`${p}self_attn.q_proj.weight`),
+      wk: ps.get(`${p}self_attn.k_proj.weight`),
+      wv: ps.get(`${p}self_attn.v_proj.weight`),
+      wo: ps.get(`${p}self_attn.o_proj.weight`),
+      ln2: ps.get(`${p}post_attention_layernorm.weight`),
+      wgate: ps.get(`${p}mlp.gate_proj.weight`),
+      wup: ps.get(`${p}mlp.up_proj.weight`),
+      wdown: ps.get(`${p}mlp.down_proj.weight`),
+    });
+  }
+  return { embed: ps.get('model.embed_tokens.weight'), layers, norm: ps.get('model.norm.weight'), lmHead: ps.get('lm_head.weight') };
+}
+
+/** Activations saved by the forward for the backward, for one (B, T). */
+class Acts {
+  readonly resid: FloatArray[]; // L+1 entries: input of layer l; resid[L] = final stream
+  readonly residMid: FloatArray[]; // after attention, input of the MLP half
+  readonly ln1: FloatArray[]; readonly rstd1: FloatArray[];
+  readonly q: FloatArray[]; readonly k: FloatArray[]; readonly v: FloatArray[];
+  readonly att: FloatArray[]; readonly attnOut: FloatArray[];
+  readonly ln2: FloatArray[]; readonly rstd2: FloatArray[];
+  readonly gate: FloatArray[]; readonly up: FloatArray[]; readonly sw: FloatArray[];
+  readonly lnf: FloatArray; readonly rstdf: FloatArray;
+  readonly logits: FloatArray;
+  readonly rowMax: FloatArray; readonly sums: FloatArray; readonly lse: FloatArray;
+  readonly o: FloatArray; readonly pack: FloatArray;
+  // backward scratch
+  readonly dresid: FloatArray; readonly dln: FloatArray; readonly dO: FloatArray;
+  readonly dq: FloatArray; readonly dk: FloatArray; readonly dv: FloatArray; readonly dAttnOut: FloatArray;
+  readonly dAttScratch: FloatArray;
+  readonly dgate: FloatArray; readonly dup: FloatArray; readonly dsw: FloatArray;
+  readonly dlogits: FloatArray;
+
+  constructor(be: Backend, cfg: ResolvedConfig, readonly B: number, readonly T: number) {
+    const BT = B * T;
+    const h = cfg.model.hidden;
+    const L = cfg.model.layers;
+    const HD = cfg.headDim;
+    const qd = cfg.local.heads * HD;
+    const kvd = cfg.local.kvHeads * HD;
+    const F = cfg.local.ffn;
+    const a = (n: number) => be.alloc(n);
+    const per = (n: number, count = L) => Array.from({ length: count }, () => a(n));
+    this.resid = per(BT * h, L + 1);
+    this.residMid = per(BT * h);
+    this.ln1 = per(BT * h); this.rstd1 = per(BT);
+    this.q = per(BT * qd); this.k = per(BT * kvd); this.v = per(BT * kvd);
+    this.att = per(B * cfg.local.heads * T * T); this.attnOut = per(BT * qd);
+    this.ln2 = per(BT * h); this.rstd2 = per(BT);
+    this.gate = per(BT * F); this.up = per(BT * F); this.sw = per(BT * F);
+    this.lnf = a(BT * h); this.rstdf = a(BT);
+    this.logits = a(BT * cfg.local.vocab);
+    this.rowMax = a(BT); this.sums = a(2 * BT); this.lse = a(BT);
+    this.o = a(BT * h); this.pack = a(BT * h);
+    this.dresid = a(BT * h); this.dln = a(BT * h); this.dO = a(BT * h);
+    this.dq = a(BT * qd); this.dk = a(BT * kvd); this.dv = a(BT * kvd); this.dAttnOut = a(BT * qd);
+    this.dAttScratch = a(T * T);
+    this.dgate = a(BT * F); this.dup = a(BT * F); this.dsw = a(BT * F);
+    this.dlogits = a(BT * cfg.local.vocab);
+  }
+}
+
+/** Communication tags (bytes are counted per tag). */
+export const TAGS = {
+  embedFwd: 'embed.fwd',
+  embedBwd: 'embed.bwd',
+  attnFwd: 'attn.fwd.shared',
+  mlpFwd: 'mlp.fwd.shared',
+  attnBwd: 'attn.bwd.shared',
+  mlpBwd: 'mlp.bwd.shared',
+  ceMax: 'ce.fwd.max',
+  ceSum: 'ce.fwd.sum',
+  gradSync: 'grad.replicated',
+  gradNorm: 'grad.norm',
+} as const;
+
+export interface KVCache {
+  B: number;
+  maxLen: number;
+  /** Tokens already in the cache. */
+  len: number;
+  /** Per layer: [B, maxLen, NKV/N, HD]. */
+  k: FloatArray[];
+  v: FloatArray[];
+  /** Work buffers by number of new tokens per call (prefill length, then 1). */
+  scratch: Map<number, Record<string, FloatArray>>;
+}
+
+export class RankModel {
+  readonly specs: ParamSpec[];
+  readonly params: ParamSet;
+  readonly grads: ParamSet;
+  readonly w: Views;
+  readonly g: Views;
+  readonly N: number;
+  readonly rank: number;
+  readonly vocabStart: number;
+  private readonly cos: FloatArray;
+  private readonly sin: FloatArray;
+  private acts?: Acts;
+
+  constructor(
+    readonly cfg: ResolvedConfig,
+    readonly be: Backend,
+    readonly comm: Communicator,
+  ) {
+    if (comm.size !== cfg.parallel.tp) {
+      throw new Error(`communicator has ${comm.size} ranks but the model's TP degree is ${cfg.parallel.tp}`);
+    }
+    this.N = comm.size;
+    this.rank = comm.rank;
+    this.vocabStart = this.rank * cfg.local.vocab;
+    this.specs = paramSpecs(cfg);
+    this.params = new ParamSet(this.specs, this.N, be);
+    this.grads = new ParamSet(this.specs, this.N, be);
+    this.w = views(this.params, cfg.model.layers);
+    this.g = views(this.grads, cfg.model.layers);
+    const probe = be.alloc(1);
+    const tables = ropeTables(cfg.model.seqLen, cfg.headDim, cfg.model.ropeTheta, probe instanceof Float64Array ? Float64Array : Float32Array);
+    this.cos = be.alloc(tables.cos.length);
+    this.cos.set(tables.cos);
+    this.sin = be.alloc(tables.sin.length);
+    this.sin.set(tables.sin);
+  }
+
+  /** Seeded initialisation: each full logical weight from the seed, then this rank's slice. */
+  initFromSeed(seed: number): void {
+    const Ctor = this.params.flat instanceof Float64Array ? Float64Array : Float32Array;
+    this.specs.forEach((spec, i) => {
+      const full = initFull(spec, i, seed, Ctor);
+      sliceShard(spec, full, this.N, this.rank, this.params.get(spec.name));
+    });
+  }
+
+  /** Load full logical tensors (by name) into this rank's shards. */
+  loadFull(get: (spec: ParamSpec) => ArrayLike<number>): void {
+    for (const spec of this.specs) sliceShard(spec, get(spec), this.N, this.rank, this.params.get(spec.name));
+  }
+
+  zeroGrad(): void {
+    this.grads.flat.fill(0);
+  }
+
+  private actsFor(B: number, T: number): Acts {
+    if (T > this.cfg.model.seqLen) throw new Error(`sequence length ${T} exceeds the model's seqLen ${this.cfg.model.seqLen}`);
+    if (!this.acts || this.acts.B !== B || this.acts.T !== T) {
+      this.acts = undefined; // release before allocating the new set
+      this.acts = new Acts(this.be, this.cfg, B, T);
+    }
+    return this.acts;
+  }
+
+  /**
+   * Forward pass over tokens [B, T] with targets [B, T]; returns the mean cross-entropy over the
+   * B·T positions (identical on every rank). Saves activations for `backward`.
+   */
+  async forward(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
+    const { be, comm, cfg, w } = this;
+    const a = this.actsFor(B, T);
+    const BT = B * T;
+    const h = cfg.model.hidden;
+    const HD = cfg.headDim;
+    const NHl = cfg.local.heads;
+    const NKVl = cfg.local.kvHeads;
+    const qd = NHl * HD;
+    const kvd = NKVl * HD;
+    const F = cfg.local.ffn;
+    const Vl = cfg.local.vocab;
+    const s = cfg.shared;
+    const c = cfg.privateScaleValue;
+    const eps = cfg.model.normEps;
+
+    be.embeddingForward(a.resid[0]!, w.embed, inputs, BT, h, this.vocabStart, Vl);
+    await embeddingReduce(comm, a.resid[0]!, BT * h, TAGS.embedFwd);
+
+    for (let l = 0; l < cfg.model.layers; l++) {
+      const lw = w.layers[l]!;
+      const x = a.resid[l]!;
+      // --- attention half ---
+      be.rmsnormForward(a.ln1[l]!, a.rstd1[l]!, x, lw.ln1, BT, h, eps);
+      be.gemm(false, true, BT, qd, h, 1, a.ln1[l]!, 0, h, lw.wq, 0, h, 0, a.q[l]!, 0, qd);
+      be.gemm(false, true, BT, kvd, h, 1, a.ln1[l]!, 0, h, lw.wk, 0, h, 0, a.k[l]!, 0, kvd);
+      be.gemm(false, true, BT, kvd, h, 1, a.ln1[l]!, 0, h, lw.wv, 0, h, 0, a.v[l]!, 0, kvd);
+      be.ropeForward(a.q[l]!, this.cos, this.sin, B, T, NHl, HD, 0);
+      be.ropeForward(a.k[l]!, this.cos, this.sin, B, T, NKVl, HD, 0);
+      be.attentionForward(a.attnOut[l]!, a.att[l]!, a.q[l]!, a.k[l]!, a.v[l]!, B, T, T, NHl, NKVl, HD, T * kvd);
+      be.gemm(false, true, BT, h, qd, 1, a.attnOut[l]!, 0, qd, lw.wo, 0, qd, 0, a.o, 0, h);
+      await partialAllReduce(comm, be, a.o, BT, h, s, c, a.pack, TAGS.attnFwd);
+      be.add(a.residMid[l]!, x, a.o, BT * h);
+      // --- MLP half ---
+      const xm = a.residMid[l]!;
+      be.rmsnormForward(a.ln2[l]!, a.rstd2[l]!, xm, lw.ln2, BT, h, eps);
+      be.gemm(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, lw.wgate, 0, h, 0, a.gate[l]!, 0, F);
+      be.gemm(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, lw.wup, 0, h, 0, a.up[l]!, 0, F);
+      be.swigluForward(a.sw[l]!, a.gate[l]!, a.up[l]!, BT * F);
+      be.gemm(false, true, BT, h, F, 1, a.sw[l]!, 0, F, lw.wdown, 0, F, 0, a.o, 0, h);
+      await partialAllReduce(comm, be, a.o, BT, h, s, c, a.pack, TAGS.mlpFwd);
+      be.add(a.resid[l + 1]!, xm, a.o, BT * h);
+    }
+
+    const xL = a.resid[cfg.model.layers]!;
+    be.rmsnormForward(a.lnf, a.rstdf, xL, w.norm, BT, h, eps);
+    be.gemm(false, true, BT, Vl, h, 1, a.lnf, 0, h, w.lmHead, 0, h, 0, a.logits, 0, Vl);
+    return this.crossEntropy(a, targets, BT, Vl);
+  }
+
+  private async crossEntropy(a: Acts, targets: Int32Array, BT: number, Vl: number): Promise<number> {
+    const { be, comm } = this;
+    be.rowMax(a.rowMax, a.logits, BT, Vl);
+    await vocabParallelMax(comm, a.rowMax, BT, TAGS.ceMax);
+    be.rowSumExp(a.sums, a.logits, a.rowMax, BT, Vl);
+    be.pickTarget(a.sums.subarray(BT), a.logits, targets, BT, Vl, this.vocabStart);
+    await vocabParallelSums(comm, a.sums, BT, TAGS.ceSum);
+    let loss = 0;
+    for (let i = 0; i < BT; i++) {
+      const lse = Math.log(a.sums[i]!) + a.rowMax[i]!;
+      a.lse[i] = lse;
+      loss += lse - a.sums[BT + i]!;
+    }
+    return loss / BT;
+  }
+
+  /**
+   * Backward of the last `forward`, accumulating parameter gradients. `lossScale` multiplies the
+   * gradient of the summed per-token loss: pass 1/(total tokens) so that gradient accumulation over
+   * micro-batches yields the gradient of the mean loss.
+   */
+  async backward(inputs: Int32Array, targets: Int32Array, lossScale: number): Promise<void> {
+    const { be, comm, cfg, w, g } = this;
+    const a = this.acts;
+    if (!a) throw new Error('backward called before forward');
+    const { B, T } = a;
+    const BT = B * T;
+    const h = cfg.model.hidden;
+    const HD = cfg.headDim;
+    const NHl = cfg.local.heads;
+    const NKVl = cfg.local.kvHeads;
+    const qd = NHl * HD;
+    const kvd = NKVl * HD;
+    const F = cfg.local.ffn;
+    const Vl = cfg.local.vocab;
+    const s = cfg.shared;
+    const c = cfg.privateScaleValue;
+    const L = cfg.model.layers;
+
+    // Cross-entropy and LM head (no communication: each rank's logits come from its own stream).
+    be.crossEntropyBackward(a.dlogits, a.logits, targets, a.lse, BT, Vl, this.vocabStart, lossScale);
+    be.gemm(true, false, Vl, h, BT, 1, a.dlogits, 0, Vl, a.lnf, 0, h, 1, g.lmHead, 0, h);
+    be.gemm(false, false, BT, h, Vl, 1, a.dlogits, 0, Vl, w.lmHead, 0, h, 0, a.dln, 0, h);
+    a.dresid.fill(0);
+    be.rmsnormBackward(a.dresid, g.norm, a.dln, a.resid[L]!, w.norm, a.rstdf, BT, h);
+
+    for (let l = L - 1; l >= 0; l--) {
+      const lw = w.layers[l]!;
+      const lg = g.layers[l]!;
+      // --- MLP half: resid[l+1] = residMid + partialAllReduce(down(swiglu(gate, up)(ln2(residMid)))) ---
+      a.dO.set(a.dresid.subarray(0, BT * h));
+      await partialAllReduce(comm, be, a.dO, BT, h, s, c, a.pack, TAGS.mlpBwd);
+      be.gemm(true, false, h, F, BT, 1, a.dO, 0, h, a.sw[l]!, 0, F, 1, lg.wdown, 0, F);
+      be.gemm(false, false, BT, F, h, 1, a.dO, 0, h, lw.wdown, 0, F, 0, a.dsw, 0, F);
+      be.swigluBackward(a.dgate, a.dup, a.dsw, a.gate[l]!, a.up[l]!, BT * F);
+      be.gemm(true, false, F, h, BT, 1, a.dgate, 0, F, a.ln2[l]!, 0, h, 1, lg.wgate, 0, h);
+      be.gemm(true, false, F, h, BT, 1, a.dup, 0, F, a.ln2[l]!, 0, h, 1, lg.wup, 0, h);
+      be.gemm(false, false, BT, h, F, 1, a.dgate, 0, F, lw.wgate, 0, h, 0, a.dln, 0, h);
+      be.gemm(false, false, BT, h, F, 1, a.dup, 0, F, lw.wup, 0, h, 1, a.dln, 0, h);
+      // Column-parallel input gradient stays rank-local (no all-reduce: Megatron's f is removed).
+      be.rmsnormBackward(a.dresid, lg.ln2, a.dln, a.residMid[l]!, lw.ln2, a.rstd2[l]!, BT, h);
+
+      // --- attention half ---
+      a.dO.set(a.dresid.subarray(0, BT * h));
+      await partialAllReduce(comm, be, a.dO, BT, h, s, c, a.pack, TAGS.attnBwd);
+      be.gemm(true, false, h, qd, BT, 1, a.dO, 0, h, a.attnOut[l]!, 0, qd, 1, lg.wo, 0, qd);
+      be.gemm(false, false, BT, qd, h, 1, a.dO, 0, h, lw.wo, 0, qd, 0, a.dAttnOut, 0, qd);
+      be.attentionBackward(a.dq, a.dk, a.dv, a.dAttScratch, a.dAttnOut, a.q[l]!, a.k[l]!, a.v[l]!, a.att[l]!, B, T, NHl, NKVl, HD);
+      be.ropeBackward(a.dq, this.cos, this.sin, B, T, NHl, HD, 0);
+      be.ropeBackward(a.dk, this.cos, this.sin, B, T, NKVl, HD, 0);
+      be.gemm(true, false, qd, h, BT, 1, a.dq, 0, qd, a.ln1[l]!, 0, h, 1, lg.wq, 0, h);
+      be.gemm(true, false, kvd, h, BT, 1, a.dk, 0, kvd, a.ln1[l]!, 0, h, 1, lg.wk, 0, h);
+      be.gemm(true, false, kvd, h, BT, 1, a.dv, 0, kvd, a.ln1[l]!, 0, h, 1, lg.wv, 0, h);
+      be.gemm(false, false, BT, h, qd, 1, a.dq, 0, qd, lw.wq, 0, h, 0, a.dln, 0, h);
+      be.gemm(false, false, BT, h, kvd, 1, a.dk, 0, kvd, lw.wk, 0, h, 1, a.dln, 0, h);
+      be.gemm(false, false, BT, h, kvd, 1, a.dv, 0, kvd, lw.wv, 0, h, 1, a.dln, 0, h);
+      be.rmsnormBackward(a.dresid, lg.ln1, a.dln, a.resid[l]!, lw.ln1, a.rstd1[l]!, BT, h);
+    }
+
+    // Block-0 entry: the embedding output is one replicated tensor; its gradient is the sum of the
+    // rank-partial gradients over all h channels.
+    await embeddingReduce(comm, a.dresid, BT * h, TAGS.embedBwd);
+    be.embeddingBackward(g.embed, a.dresid, inputs, BT, h, this.vocabStart, Vl);
+  }
+
+  /**
+   * Gradient finalisation, before the optimiser step: every replicated parameter's gradient (tag
+   * shard = null) is summed over the TP group. Driven by the tags, not by names.
+   */
+  async finalizeGrads(): Promise<void> {
+    if (this.N === 1) return;
+    for (const spec of this.specs) {
+      if (spec.shard !== null) continue;
+      const gv = this.grads.get(spec.name);
+      await this.comm.allReduce(gv, 'sum', TAGS.gradSync);
+    }
+  }
+
+  /**
+   * Global L2 norm of the full logical gradient (call after finalizeGrads): sharded tensors are summed
+   * over ranks, replicated ones counted once. Identical on every rank.
+   */
+  async gradNorm(): Promise<number> {
+    let shardedSq = 0;
+    let replSq = 0;
+    for (const spec of this.specs) {
+      const gv = this.grads.get(spec.name);
+      const sq = this.be.sumSquares(gv, gv.length);
+      if (spec.shard === null) replSq += sq;
+      else shardedSq += sq;
+    }
+    if (this.N > 1) {
+      const buf = this.params.flat instanceof Float64Array ? new Float64Array([shardedSq]) : new Float32Array([shardedSq]);
+      await this.comm.allReduce(buf, 'sum', TAGS.gradNorm);
+      shardedSq = buf[0]!;
+    }
+    return Math.sqrt(shardedSq + replSq);
+  }
+
+  /** A KV cache for incremental decoding of B sequences of up to `maxLen` tokens. */
+  createCache(B: number, maxLen: number): KVCache {
+    if (maxLen > this.cfg.model.seqLen) throw new Error(`cache length ${maxLen} exceeds the model's seqLen ${this.cfg.model.seqLen}`);
+    const kvd = this.cfg.local.kvHeads * this.cfg.headDim;
+    const L = this.cfg.model.layers;
+    return {
+      B,
+      maxLen,
+      len: 0,
+      k: Array.from({ length: L }, () => this.be.alloc(B * maxLen * kvd)),
+      v: Array.from({ length: L }, () => this.be.alloc(B * maxLen * kvd)),
+      scratch: new Map(),
+    };
+  }
+
+  /**
+   * Incremental forward for generation: appends tokens [B, Tq] at positions cache.len … to the cache
+   * and returns the logits of the LAST new position of each sequence, gathered over the vocab-parallel
+   * ranks: [B, V] (identical on every rank).
+   */
+  async forwardIncremental(tokens: Int32Array, Tq: number, cache: KVCache): Promise<FloatArray> {
+    const { be, comm, cfg, w } = this;
+    const B = cache.B;
+    const pos0 = cache.len;
+    if (pos0 + Tq > cache.maxLen) throw new Error(`sequence of ${pos0 + Tq} tokens exceeds the cache length ${cache.maxLen}`);
+    const BT = B * Tq;
+    const h = cfg.model.hidden;
+    const HD = cfg.headDim;
+    const NHl = cfg.local.heads;
+    const NKVl = cfg.local.kvHeads;
+    const qd = NHl * HD;
+    const kvd = NKVl * HD;
+    const F = cfg.local.ffn;
+    const Vl = cfg.local.vocab;
+    const Tk = pos0 + Tq;
+    const eps = cfg.model.normEps;
+    let sc = cache.scratch.get(Tq);
+    if (!sc) {
+      const a = (n: number) => be.alloc(n);
+      sc = {
+        x: a(BT * h), xn: a(BT * h), rstd: a(BT), q: a(BT * qd), kn: a(BT * kvd), vn: a(BT * kvd),
+        att: a(B * NHl * Tq * cache.maxLen), ao: a(BT * qd), o: a(BT * h), pack: a(BT * h),
+        gate: a(BT * F), up: a(BT * F), sw: a(BT * F),
+        last: a(B * h), lastN: a(B * h), local: a(B * Vl), gathered: a(this.N * B * Vl), out: a(B * cfg.vocab),
+      };
+      cache.scratch.set(Tq, sc);
+    }
+    const { x, xn, rstd, q, kn, vn, att, ao, o, pack, gate, up, sw } = sc;
+    be.embeddingForward(x, w.embed, tokens, BT, h, this.vocabStart, Vl);
+    await embeddingReduce(comm, x, BT * h, TAGS.embedFwd);
+    for (let l = 0; l < cfg.model.layers; l++) {
+      const lw = w.layers[l]!;
+      be.rmsnormForward(xn, rstd, x, lw.ln1, BT, h, eps);
+      be.gemm(false, true, BT, qd, h, 1, xn, 0, h, lw.wq, 0, h, 0, q, 0, qd);
+      be.gemm(false, true, BT, kvd, h, 1, xn, 0, h, lw.wk, 0, h, 0, kn, 0, kvd);
+      be.gemm(false, true, BT, kvd, h, 1, xn, 0, h, lw.wv, 0, h, 0, vn, 0, kvd);
+      be.ropeForward(q, this.cos, this.sin, B, Tq, NHl, HD, pos0);
+      be.ropeForward(kn, this.cos, this.sin, B, Tq, NKVl, HD, pos0);
+      const ck = cache.k[l]!;
+      const cv = cache.v[l]!;
+      for (let b = 0; b < B; b++) {
+        const dst = (b * cache.maxLen + pos0) * kvd;
+        ck.set(kn.subarray(b * Tq * kvd, (b + 1) * Tq * kvd), dst);
+        cv.set(vn.subarray(b * Tq * kvd, (b + 1) * Tq * kvd), dst);
+      }
+      be.attentionForward(ao, att, q, ck, cv, B, Tq, Tk, NHl, NKVl, HD, cache.maxLen * kvd);
+      be.gemm(false, true, BT, h, qd, 1, ao, 0, qd, lw.wo, 0, qd, 0, o, 0, h);
+      await partialAllReduce(comm, be, o, BT, h, cfg.shared, cfg.privateScaleValue, pack, TAGS.attnFwd);
+      be.add(x, x, o, BT * h);
+      be.rmsnormForward(xn, rstd, x, lw.ln2, BT, h, eps);
+      be.gemm(false, true, BT, F, h, 1, xn, 0, h, lw.wgate, 0, h, 0, gate, 0, F);
+      be.gemm(false, true, BT, F, h, 1, xn, 0, h, lw.wup, 0, h, 0, up, 0, F);
+      be.swigluForward(sw, gate, up, BT * F);
+      be.gemm(false, true, BT, h, F, 1, sw, 0, F, lw.wdown, 0, F, 0, o, 0, h);
+      await partialAllReduce(comm, be, o, BT, h, cfg.shared, cfg.privateScaleValue, pack, TAGS.mlpFwd);
+      be.add(x, x, o, BT * h);
+    }
+    cache.len = Tk;
+    // Final norm and LM head on the last position of each sequence only.
+    const { last, lastN, local, gathered, out } = sc;
+    for (let b = 0; b < B; b++) last.set(x.subarray(((b + 1) * Tq - 1) * h, (b + 1) * Tq * h), b * h);
+    be.rmsnormForward(lastN, rstd, last, w.norm, B, h, eps);
+    be.gemm(false, true, B, Vl, h, 1, lastN, 0, h, w.lmHead, 0, h, 0, local, 0, Vl);
+    if (this.N === 1) return local;
+    await comm.allGather(gathered, local, 'gen.logits');
+    for (let r = 0; r < this.N; r++) {
+      for (let b = 0; b < B; b++) out.set(gathered.subarray((r * B + b) * Vl, (r * B + b + 1) * Vl), b * cfg.vocab + r * Vl);
+    }
+    return out;
+  }
+
+  /** Local shard of every parameter's activations-free statistics: bytes held by this rank. */
+  memoryBytes(): { params: number; grads: number } {
+    const bpe = this.params.flat.BYTES_PER_ELEMENT;
+    return { params: this.params.size * bpe, grads: this.grads.size * bpe };
+  }
+}

@@ -1,0 +1,88 @@
+/**
+ * Tensor-parallel communication ops. Each op is a pair (forward, backward) over one rank's buffers;
+ * layouts: "replicated" (same value on every rank), "partial" (the true value is the sum over ranks),
+ * "shared-prefix + private" (channels [0, s) replicated, [s, h) rank-private).
+ *
+ * | op                  | forward                                   | backward                                   | where used                        |
+ * |---------------------|-------------------------------------------|--------------------------------------------|-----------------------------------|
+ * | copyToTP (f)        | identity (replicated in)                  | all-reduce SUM of the gradient             | Megatron column-parallel input; NOT used by CAAT-Net blocks |
+ * | reduceFromTP (g)    | all-reduce SUM (partial → replicated)     | identity                                   | Megatron row-parallel output; p = 1 reference              |
+ * | partialAllReduce    | y[:, :s] = Σ_r o_r[:, :s]; y[:, s:] = c·o[:, s:] | same map on dy: Σ_r dy_r[:, :s]; c·dy[:, s:] | after o_proj and down_proj       |
+ * | embeddingReduce     | all-reduce SUM of vocab-parallel lookups  | all-reduce SUM of the rank-partial dx (all h channels) | embedding output / block-0 entry |
+ * | vocabParallelCE     | all-reduce MAX of row maxima; SUM of [Σexp, target logit] | none (local)                 | LM head loss                       |
+ *
+ * partialAllReduce is its own adjoint: with the inner product summed over ranks, Σ_r ⟨A o, y⟩ =
+ * Σ_r ⟨o, A y⟩. That is why its backward all-reduces the shared slice of the gradient instead of
+ * passing it through as Megatron's g does; and why the column-parallel input gradient (Megatron's f)
+ * is NOT all-reduced: shared-channel gradients stay rank-partial until the block entry.
+ * With N = 1 every op is the identity and moves nothing.
+ */
+import type { Backend, FloatArray } from '../backend/types.js';
+import type { Communicator } from './comm.js';
+
+/** f forward: identity. */
+export function copyToTPForward(_comm: Communicator, _x: FloatArray): void {}
+
+/** f backward: all-reduce SUM of the gradient, in place. */
+export async function copyToTPBackward(comm: Communicator, dx: FloatArray, tag: string): Promise<void> {
+  if (comm.size > 1) await comm.allReduce(dx, 'sum', tag);
+}
+
+/** g forward: all-reduce SUM, in place. */
+export async function reduceFromTPForward(comm: Communicator, x: FloatArray, tag: string): Promise<void> {
+  if (comm.size > 1) await comm.allReduce(x, 'sum', tag);
+}
+
+/** g backward: identity. */
+export function reduceFromTPBackward(_comm: Communicator, _dy: FloatArray): void {}
+
+/**
+ * The CAAT-Net partial all-reduce, in place on buf [rows, h]: the shared prefix [0, s) of every row is
+ * summed over ranks; the private channels [s, h) are multiplied by c. The same map is the forward and
+ * the backward. `pack` is scratch of at least rows·s elements (unused when s is 0 or h).
+ */
+export async function partialAllReduce(
+  comm: Communicator,
+  be: Backend,
+  buf: FloatArray,
+  rows: number,
+  h: number,
+  s: number,
+  c: number,
+  pack: FloatArray,
+  tag: string,
+): Promise<void> {
+  if (comm.size === 1) return;
+  if (s === h) {
+    await comm.allReduce(buf, 'sum', tag, 0, rows * h);
+    return;
+  }
+  if (s > 0) {
+    for (let r = 0; r < rows; r++) pack.set(buf.subarray(r * h, r * h + s), r * s);
+    await comm.allReduce(pack, 'sum', tag, 0, rows * s);
+    for (let r = 0; r < rows; r++) buf.set(pack.subarray(r * s, r * s + s), r * h);
+  }
+  if (c !== 1) {
+    const w = h - s;
+    for (let r = 0; r < rows; r++) be.scale(buf.subarray(r * h + s, r * h + h), c, w);
+  }
+}
+
+/** Embedding output (forward) and block-0 entry gradient (backward): full all-reduce SUM. */
+export async function embeddingReduce(comm: Communicator, buf: FloatArray, n: number, tag: string): Promise<void> {
+  if (comm.size > 1) await comm.allReduce(buf, 'sum', tag, 0, n);
+}
+
+/**
+ * Vocab-parallel cross-entropy forward reductions. On entry `max` holds each row's local max,
+ * and after the first reduction the caller computes local Σexp(x − max) into `sums[0, rows)` and the
+ * local target logit (0 off-block) into `sums[rows, 2·rows)`; this function performs the two
+ * reductions in order. Returns nothing: buffers are updated in place.
+ */
+export async function vocabParallelMax(comm: Communicator, max: FloatArray, rows: number, tag: string): Promise<void> {
+  if (comm.size > 1) await comm.allReduce(max, 'max', tag, 0, rows);
+}
+
+export async function vocabParallelSums(comm: Communicator, sums: FloatArray, rows: number, tag: string): Promise<void> {
+  if (comm.size > 1) await comm.allReduce(sums, 'sum', tag, 0, 2 * rows);
+}
