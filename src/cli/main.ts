@@ -12,6 +12,78 @@ program
   .description('caatnet: train and run Llama-style models with CAAT-Net partially synchronised tensor parallelism')
   .showHelpAfterError();
 
+const parallelOptions = (c: Command): Command =>
+  c
+    .option('--tp <n>', 'tensor-parallel degree N (logical ranks)')
+    .option('--p <fraction>', 'fraction of hidden channels all-reduced after each row-parallel layer (0..1)')
+    .option('--private-scale <kind>', 'scale of private channels: sqrt (sqrt(N)) or none')
+    .option('--backend <name>', 'compute backend: native, wasm, js or auto (default: CAAT_BACKEND, else fastest)');
+
+parallelOptions(
+  program
+    .command('train')
+    .description('train a model (defaults: a ~1.9M-parameter model on the built-in English corpus)')
+    .option('--config <file>', 'JSON config: {"model": {...}, "parallel": {...}, "train": {...}, "data": {...}}')
+    .option('--out <dir>', 'run folder to create (default: runs/<timestamp>)')
+    .option('--resume <dir>', 'continue the run in this folder from its latest checkpoint')
+    .option('--data <path>', 'training text: a .txt file, a folder, or .jsonl with {"text": ...} (default: built-in corpus)')
+    .option('--tokenizer <kind>', 'bpe (trained on the data), gpt2, or a tokenizer JSON file')
+    .option('--vocab-size <n>', 'vocabulary size of the trained BPE (default 4096)')
+    .option('--hidden <n>', 'hidden width h (default 128)')
+    .option('--layers <n>', 'transformer blocks (default 4)')
+    .option('--heads <n>', 'query heads (default 8)')
+    .option('--kv-heads <n>', 'key/value heads (default 4)')
+    .option('--ffn <n>', 'SwiGLU width (default 384)')
+    .option('--seq-len <n>', 'sequence length (default 128)')
+    .option('--steps <n>', 'optimiser steps (default 600)')
+    .option('--batch-size <n>', 'sequences per micro-batch (default 16)')
+    .option('--grad-accum <n>', 'micro-batches per step (default 1)')
+    .option('--lr <x>', 'peak learning rate (default 3e-3)')
+    .option('--min-lr <x>', 'final learning rate (default 3e-4)')
+    .option('--warmup <n>', 'warm-up steps (default 30)')
+    .option('--weight-decay <x>', 'AdamW weight decay on matrices (default 0.1)')
+    .option('--clip <x>', 'gradient-norm clipping, 0 = off (default 1)')
+    .option('--eval-every <n>', 'validate every n steps (default 100)')
+    .option('--eval-batches <n>', 'validation batches (default 8)')
+    .option('--ckpt-every <n>', 'checkpoint every n steps (default 200)')
+    .option('--seed <n>', 'seed of the weights and data order (default 1234)')
+    .option('--workers <m>', 'worker threads hosting the ranks (must divide --tp; 0 = all ranks in the main thread)')
+    .option('--cache-dir <dir>', 'token cache folder (default .cache/caatnet)'),
+).action(async (opts) => runCli(async () => (await import('./train.js')).trainCommand(opts)));
+
+parallelOptions(
+  program
+    .command('generate')
+    .description('sample text from a trained run, streaming tokens as they are produced (KV cache)')
+    .requiredOption('--run <dir>', 'run folder')
+    .option('--prompt <text>', 'prompt text', '')
+    .option('--max-tokens <n>', 'tokens to generate', '100')
+    .option('--temperature <x>', 'sampling temperature (0 = greedy)', '0.8')
+    .option('--top-k <n>', 'keep the k most likely tokens (0 = all)', '40')
+    .option('--top-p <x>', 'nucleus sampling mass', '0.95')
+    .option('--seed <n>', 'sampling seed', '0'),
+).action(async (opts) => runCli(async () => (await import('./infer.js')).generateCommand(opts)));
+
+parallelOptions(
+  program
+    .command('eval')
+    .description('validation loss, perplexity and bits per byte on the held-out documents')
+    .requiredOption('--run <dir>', 'run folder')
+    .option('--batch-size <n>', 'sequences per batch', '16')
+    .option('--max-batches <n>', 'evaluate at most this many batches')
+    .option('--json', 'print one JSON object'),
+).action(async (opts) => runCli(async () => (await import('./infer.js')).evalCommand(opts)));
+
+program
+  .command('gradcheck')
+  .description('one forward/backward of a checkpoint on a batch: loss and per-tensor gradient norms (fixture format)')
+  .requiredOption('--model <file>', 'model .safetensors (tp, p and the config come from its metadata)')
+  .requiredOption('--tokens <file>', 'JSON {"inputs": [[...]], "targets": [[...]]}')
+  .option('--workers <m>', 'run the ranks on m worker threads (default: virtual ranks in this thread)')
+  .option('--backend <name>', 'compute backend')
+  .option('--json', 'print one JSON object')
+  .action(async (opts) => runCli(async () => (await import('./gradcheck.js')).gradcheckCommand(opts)));
+
 const bench = program.command('bench').description('benchmarks (machine-readable with --json)');
 bench
   .command('kernels')

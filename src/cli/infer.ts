@@ -1,0 +1,198 @@
+/**
+ * `caat generate` and `caat eval`: load a run folder's latest checkpoint at its TP degree (every
+ * logical rank hosted as a virtual rank in this process), then sample or evaluate.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { selectBackend } from '../backend/index.js';
+import { bitsPerByte, prepareData, unigramEntropy, validationBatches } from '../data/dataset.js';
+import { StreamDecoder, type Tokenizer } from '../data/tokenizer.js';
+import { loadTokenizer } from '../data/tokenizers.js';
+import { loadCheckpoint } from '../io/checkpoint.js';
+import type { ResolvedConfig } from '../model/config.js';
+import { VirtualModel } from '../model/harness.js';
+import { UserError } from './run.js';
+import { num } from './train.js';
+
+export interface LoadedRun {
+  runDir: string;
+  cfg: ResolvedConfig;
+  vm: VirtualModel;
+  tokenizer: Tokenizer;
+  step: number;
+}
+
+export function loadRun(runDir: string, flags: { backend?: string; tp?: string; p?: string; privateScale?: string }): LoadedRun {
+  if (!fs.existsSync(runDir)) throw new UserError(`${runDir}: no such run folder`);
+  const tpOverride = num('tp', flags.tp);
+  const ck = loadCheckpoint(runDir, tpOverride === undefined ? {} : { tpOverride });
+  const p = num('p', flags.p);
+  if (p !== undefined && p !== ck.cfg.parallel.p) {
+    throw new UserError(`--p ${p} does not match the checkpoint's p = ${ck.cfg.parallel.p}: p is part of the architecture the model was trained with`);
+  }
+  if (flags.privateScale !== undefined && flags.privateScale !== ck.cfg.parallel.privateScale) {
+    throw new UserError(`--private-scale ${flags.privateScale} does not match the checkpoint's ${ck.cfg.parallel.privateScale}`);
+  }
+  const tokenizer = loadTokenizer(path.join(runDir, 'tokenizer.json'));
+  const be = selectBackend(flags.backend);
+  const vm = new VirtualModel(ck.cfg, be);
+  for (const m of vm.ranks) m.loadFull((s) => ck.params.get(s.name)!);
+  return { runDir, cfg: ck.cfg, vm, tokenizer, step: ck.state.step };
+}
+
+/** Seeded sampler (mulberry32), identical on every rank so all ranks pick the same token. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export interface SampleOptions {
+  temperature: number;
+  topK: number;
+  topP: number;
+}
+
+/** Sample one token id from logits over the first `vocab` entries (padding ids are never chosen). */
+export function sample(logits: ArrayLike<number>, vocab: number, o: SampleOptions, rand: () => number): number {
+  if (o.temperature <= 0) {
+    let best = 0;
+    for (let i = 1; i < vocab; i++) if (logits[i]! > logits[best]!) best = i;
+    return best;
+  }
+  let idx = Array.from({ length: vocab }, (_, i) => i);
+  idx.sort((a, b) => logits[b]! - logits[a]! || a - b);
+  if (o.topK > 0) idx = idx.slice(0, o.topK);
+  const max = logits[idx[0]!]!;
+  let probs = idx.map((i) => Math.exp((logits[i]! - max) / o.temperature));
+  let total = probs.reduce((a, b) => a + b, 0);
+  if (o.topP < 1) {
+    let acc = 0;
+    let keep = 0;
+    while (keep < probs.length) {
+      acc += probs[keep]! / total;
+      keep++;
+      if (acc >= o.topP) break;
+    }
+    idx = idx.slice(0, keep);
+    probs = probs.slice(0, keep);
+    total = probs.reduce((a, b) => a + b, 0);
+  }
+  let u = rand() * total;
+  for (let k = 0; k < idx.length; k++) {
+    u -= probs[k]!;
+    if (u <= 0) return idx[k]!;
+  }
+  return idx[idx.length - 1]!;
+}
+
+export interface GenerateFlags {
+  run: string;
+  prompt: string;
+  maxTokens: string;
+  temperature: string;
+  topK: string;
+  topP: string;
+  seed: string;
+  backend?: string;
+  tp?: string;
+  p?: string;
+  privateScale?: string;
+}
+
+export async function generateCommand(f: GenerateFlags): Promise<void> {
+  const run = loadRun(f.run, f);
+  const o: SampleOptions = { temperature: num('temperature', f.temperature)!, topK: num('top-k', f.topK)!, topP: num('top-p', f.topP)! };
+  if (o.temperature < 0) throw new UserError('--temperature must be ≥ 0');
+  if (!(o.topP > 0 && o.topP <= 1)) throw new UserError('--top-p must be in (0, 1]');
+  if (!Number.isInteger(o.topK) || o.topK < 0) throw new UserError('--top-k must be a non-negative integer (0: no limit)');
+  const maxTokens = num('max-tokens', f.maxTokens)!;
+  const rand = rng(num('seed', f.seed)!);
+  const tok = run.tokenizer;
+  let ids = tok.encode(f.prompt);
+  if (ids.length === 0) {
+    if (tok.eotId === null) throw new UserError('--prompt is empty and the tokenizer has no end-of-text token to start from');
+    ids = [tok.eotId];
+  }
+  const maxLen = run.cfg.model.seqLen;
+  if (ids.length >= maxLen) ids = ids.slice(ids.length - (maxLen - 1));
+  const budget = Math.min(maxTokens, maxLen - ids.length);
+  process.stdout.write(f.prompt);
+  const dec = new StreamDecoder(tok);
+  const caches = run.vm.ranks.map((m) => m.createCache(1, maxLen));
+  let next = Int32Array.from(ids);
+  const t0 = performance.now();
+  let produced = 0;
+  for (let i = 0; i < budget; i++) {
+    const logits = await run.vm.all((m, r) => m.forwardIncremental(next, next.length, caches[r]!));
+    const id = sample(logits[0]!, tok.vocabSize, o, rand);
+    if (id === tok.eotId) break;
+    process.stdout.write(dec.push(id));
+    produced++;
+    next = Int32Array.of(id);
+  }
+  process.stdout.write(`${dec.flush()}\n`);
+  const secs = (performance.now() - t0) / 1000;
+  process.stderr.write(`generated ${produced} tokens in ${secs.toFixed(2)} s (${(produced / secs).toFixed(1)} tok/s, TP ${run.cfg.parallel.tp}, p ${run.cfg.parallel.p})\n`);
+}
+
+export interface EvalFlags {
+  run: string;
+  maxBatches?: string;
+  batchSize: string;
+  json?: boolean;
+  backend?: string;
+  tp?: string;
+  p?: string;
+  privateScale?: string;
+}
+
+export async function evalCommand(f: EvalFlags): Promise<void> {
+  const run = loadRun(f.run, f);
+  const runJson = JSON.parse(fs.readFileSync(path.join(f.run, 'run.json'), 'utf8')) as { data: { corpus: string; valFraction?: number; cacheDir?: string }; train: { seqLen: number } };
+  const data = prepareData({
+    corpus: runJson.data.corpus,
+    tokenizer: run.tokenizer,
+    valFraction: runJson.data.valFraction,
+    cacheDir: runJson.data.cacheDir,
+    log: (m) => process.stderr.write(`${m}\n`),
+  });
+  const T = runJson.train.seqLen;
+  const B = num('batch-size', f.batchSize)!;
+  const maxBatches = num('max-batches', f.maxBatches) ?? Infinity;
+  let lossSum = 0;
+  let tokens = 0;
+  for (const b of validationBatches(data.val.tokens, B, T, maxBatches)) {
+    const l = await run.vm.all((m) => m.forward(b.inputs, b.targets, b.rows, T));
+    lossSum += l[0]! * b.rows * T;
+    tokens += b.rows * T;
+  }
+  if (tokens === 0) throw new UserError(`the validation split has fewer than ${T + 1} tokens`);
+  const loss = lossSum / tokens;
+  const result = {
+    run: f.run,
+    step: run.step,
+    tp: run.cfg.parallel.tp,
+    p: run.cfg.parallel.p,
+    val_tokens: tokens,
+    val_loss: loss,
+    perplexity: Math.exp(loss),
+    bits_per_byte: bitsPerByte(loss, data.val),
+    unigram_entropy_nats: unigramEntropy(data.train.tokens).natsPerToken,
+  };
+  if (f.json) process.stdout.write(`${JSON.stringify(result)}\n`);
+  else {
+    process.stdout.write(
+      `step ${result.step}  TP ${result.tp}  p ${result.p}\n` +
+        `validation loss  ${loss.toFixed(4)} nats/token over ${tokens} tokens\n` +
+        `perplexity       ${result.perplexity.toFixed(2)}\n` +
+        `bits per byte    ${result.bits_per_byte.toFixed(4)}\n` +
+        `unigram entropy  ${result.unigram_entropy_nats.toFixed(4)} nats/token (train split; a context-free model's loss)\n`,
+    );
+  }
+}
