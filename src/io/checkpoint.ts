@@ -100,6 +100,10 @@ export function writeCheckpoint(
     }
     const optBytes = serializeSafetensors(opt, { format: 'caatnet-optimizer', step: String(state.step) });
     writeFileAtomic(path.join(tmpDir, 'model.safetensors'), modelBytes);
+    // Failure injection for tests of interrupted writes (CAAT_FAULT_INJECT_CHECKPOINT=<step>).
+    if (process.env['CAAT_FAULT_INJECT_CHECKPOINT'] === String(state.step)) {
+      throw new Error(`injected failure while writing checkpoint ${name}`);
+    }
     writeFileAtomic(path.join(tmpDir, 'optimizer.safetensors'), optBytes);
     const full: CheckpointState = {
       format: 'caatnet-checkpoint',
