@@ -448,7 +448,13 @@ export class RankModel {
     return out;
   }
 
-  /** Local shard of every parameter's activations-free statistics: bytes held by this rank. */
+  /** The residual stream saved by the last forward: entry l is the input of layer l, entry L the output. */
+  residualStreams(): FloatArray[] {
+    if (!this.acts) throw new Error('residualStreams called before forward');
+    return [...this.acts.resid, ...this.acts.residMid];
+  }
+
+  /** Bytes this rank holds for parameters and gradients (optimiser moments add 2× params). */
   memoryBytes(): { params: number; grads: number } {
     const bpe = this.params.flat.BYTES_PER_ELEMENT;
     return { params: this.params.size * bpe, grads: this.grads.size * bpe };
