@@ -10,8 +10,9 @@
  * - Buffers are Float32Array (all transports) or Float64Array (the virtual transport, for float64
  *   gradient checks). A region is `offset` and `length` in elements of `buf`.
  * - Every call counts the payload bytes it moves per rank (length · bytes per element; an all-gather
- *   counts its whole output) under the caller's tag, e.g. "attn.fwd.shared", and the time the rank spent
- *   waiting for the collective to complete.
+ *   counts its whole output, a reduce-scatter its whole input, i.e. size · n elements; a barrier 0; in a
+ *   group of size 1 nothing moves and every call counts 0) under the caller's tag, e.g.
+ *   "attn.fwd.shared", and the time the rank spent waiting for the collective to complete.
  * - If any rank fails (`abort`) the group is poisoned: every pending and future call on every rank
  *   rejects with a CommAbortedError naming the failed rank and its original message.
  */
