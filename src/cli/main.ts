@@ -93,4 +93,23 @@ bench
   .option('--repeats <n>', 'timed repeats per measurement (median reported)', '7')
   .action(async (opts) => runCli(async () => (await import('../bench/kernels.js')).benchKernelsCommand(opts)));
 
+bench
+  .command('train')
+  .description('training throughput at TP 1: tokens/s, ms per step, share of step time in GEMM')
+  .option('--json', 'one JSON object per line')
+  .option('--config <names>', 'tiny, small or both (comma-separated)', 'tiny,small')
+  .option('--backend <names>', 'comma-separated backends (default: the fastest available)')
+  .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '3')
+  .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTrainCommand(opts)));
+
+bench
+  .command('tp')
+  .description('TP = 1 on one thread vs TP = N on worker threads for p = 1, 0.5, 0: speed, bytes, memory')
+  .option('--json', 'one JSON object per line')
+  .option('--config <name>', 'tiny or small', 'small')
+  .option('--tp <n>', 'TP degree to compare with TP = 1', '2')
+  .option('--backend <name>', 'compute backend (default: the fastest available)')
+  .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '4')
+  .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTpCommand(opts)));
+
 await program.parseAsync(process.argv);

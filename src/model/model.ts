@@ -460,3 +460,18 @@ export class RankModel {
     return { params: this.params.size * bpe, grads: this.grads.size * bpe };
   }
 }
+
+/**
+ * Float32 bytes one rank of this config holds: parameters, gradients, AdamW moments and the training
+ * activations for (B, T). Counted by running the real allocation code against a counting allocator.
+ */
+export function rankMemoryBytes(cfg: ResolvedConfig, B: number, T: number): { params: number; grads: number; optimizer: number; activations: number } {
+  let count = 0;
+  const counter = { alloc: (n: number) => { count += n; return new Float32Array(0); } } as unknown as Backend;
+  new Acts(counter, cfg, B, T);
+  const acts = count;
+  count = 0;
+  new ParamSet(paramSpecs(cfg), cfg.parallel.tp, counter);
+  const params = count;
+  return { params: params * 4, grads: params * 4, optimizer: 2 * params * 4, activations: acts * 4 };
+}
