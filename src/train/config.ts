@@ -5,7 +5,7 @@ import { ConfigError, formatZodError } from '../model/config.js';
 export const TrainConfigSchema = z
   .object({
     /** Optimiser steps in total. */
-    steps: z.number().int().positive().default(600),
+    steps: z.number().int().positive().default(1000),
     /** Sequences per micro-batch (B). */
     batchSize: z.number().int().positive().default(16),
     /** Tokens per sequence (T); at most the model's seqLen. */
@@ -29,7 +29,7 @@ export const TrainConfigSchema = z
     /** Validation batches per evaluation. */
     evalBatches: z.number().int().positive().default(8),
     /** Checkpoint every this many steps (0: only at the end). */
-    ckptEvery: z.number().int().nonnegative().default(200),
+    ckptEvery: z.number().int().nonnegative().default(250),
     /** Seed of the weights and the data order. */
     seed: z.number().int().nonnegative().default(1234),
   })

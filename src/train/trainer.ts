@@ -7,7 +7,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { selectBackend } from '../backend/index.js';
 import type { Backend } from '../backend/types.js';
-import { prepareData, TokenLoader, validationBatches, type LoaderState, type TokenArray } from '../data/dataset.js';
+import { prepareData, TokenLoader, validationWindows, type LoaderState, type TokenArray } from '../data/dataset.js';
 import { saveTokenizer, loadTokenizer } from '../data/tokenizers.js';
 import type { Tokenizer } from '../data/tokenizer.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -54,8 +54,29 @@ export function makeBatchSource(tokens: ArrayLike<number>, train: TrainConfig): 
   };
 }
 
+/**
+ * The validation batches used during training: evalBatches·B windows spread evenly over the whole
+ * validation split (not just its first documents), fixed for the run.
+ */
 export function makeValBatches(tokens: ArrayLike<number>, train: TrainConfig): Batch[] {
-  return [...validationBatches(tokens, train.batchSize, train.seqLen, train.evalBatches)].filter((b) => b.rows === train.batchSize);
+  const B = train.batchSize;
+  const T = train.seqLen;
+  const nWin = validationWindows(tokens.length, T);
+  const want = Math.min(nWin, train.evalBatches * B);
+  const batches: Batch[] = [];
+  for (let b = 0; b + B <= want; b += B) {
+    const inputs = new Int32Array(B * T);
+    const targets = new Int32Array(B * T);
+    for (let r = 0; r < B; r++) {
+      const start = Math.floor(((b + r) * nWin) / want) * T;
+      for (let t = 0; t < T; t++) {
+        inputs[r * T + t] = tokens[start + t]!;
+        targets[r * T + t] = tokens[start + t + 1]!;
+      }
+    }
+    batches.push({ inputs, targets });
+  }
+  return batches;
 }
 
 /** Collects every rank's shards of one step and assembles full logical tensors. */
