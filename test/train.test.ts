@@ -104,6 +104,28 @@ describe('exact resume', () => {
   });
 });
 
+describe('TP degree of a trained model', () => {
+  test('a p = 1 checkpoint reshards to another TP degree; a p < 1 one is refused with the reason', () => {
+    const a = path.join(tmp, 'reshard');
+    let r = run(small(a, ['--steps', '2', '--tp', '2', '--p', '1', '--workers', '0']));
+    assert.equal(r.status, 0, r.stderr);
+    const at2 = run(['eval', '--run', a, '--json']);
+    const at1 = run(['eval', '--run', a, '--json', '--tp', '1']);
+    assert.equal(at2.status, 0, at2.stderr);
+    assert.equal(at1.status, 0, at1.stderr);
+    const l2 = (JSON.parse(at2.stdout) as { val_loss: number; tp: number });
+    const l1 = (JSON.parse(at1.stdout) as { val_loss: number; tp: number });
+    assert.equal(l1.tp, 1);
+    assert.ok(Math.abs(l1.val_loss - l2.val_loss) < 1e-5 * l2.val_loss, `${l1.val_loss} vs ${l2.val_loss}`);
+    const b = path.join(tmp, 'noreshard');
+    r = run(small(b, ['--steps', '2', '--tp', '2', '--p', '0.5', '--workers', '0']));
+    assert.equal(r.status, 0, r.stderr);
+    const refused = run(['generate', '--run', b, '--tp', '1', '--prompt', 'x']);
+    assert.notEqual(refused.status, 0);
+    assert.match(refused.stderr, /trained with TP = 2 and p = 0\.5 < 1; it cannot run at TP = 1, because .* private residual stream/);
+  });
+});
+
 describe('bad input gives a clear error and a non-zero exit', () => {
   test('malformed config field names the file and the field', () => {
     const cfg = path.join(tmp, 'bad.json');

@@ -57,7 +57,7 @@ export function configFromMetadata(
       throw new ConfigError(
         `${file}: this model was trained with TP = ${tpStored} and p = ${p} < 1; it cannot run at TP = ${opts.tpOverride}, ` +
           `because with partial synchronisation each of the ${tpStored} ranks carries its own private residual stream, so the function itself depends on the TP degree. ` +
-          `Run it with --tp ${tpStored} (use --workers to host several ranks per process).`,
+          `Run it with --tp ${tpStored}; the ranks need not have a core each, since caatnet can host several of them in one thread or process.`,
       );
     }
     tp = opts.tpOverride;
