@@ -43,8 +43,10 @@
  * only between barriers 1 and 2; the result slot is written only between barriers 1 and 2 and read only
  * after barrier 2 and before the next barrier 1. Headers alternate banks by sequence parity.
  * The barrier is a generation barrier (count + generation word): the last arriver resets the count,
- * bumps the generation and notifies; the others poll for up to `spinUs` (100 µs by default when
- * workers do not outnumber cores, since a futex wake-up costs ~40 µs), then Atomics.wait in 10 ms slices, re-checking the abort word after every slice.
+ * bumps the generation and notifies; the others poll the generation for an adaptive budget (up to
+ * `spinUs`, 50 µs by default when workers do not outnumber cores: a futex wake-up costs ~20-40 µs;
+ * halved after every poll in vain, down to 2 µs, so workers sharing a core with the one they wait for
+ * stop starving it), then Atomics.wait in 10 ms slices, re-checking the abort word after every slice.
  *
  * ABORT. A rank's failure (abort(), or run's fn throwing) sets the abort word with its rank and message
  * (first writer wins, by compare-and-exchange) and notifies every waiter: workers blocked in a barrier
@@ -84,6 +86,7 @@ const HDR_INTS = 32; // 8 fields + 96 tag bytes
 const HDR_TAG_BYTES = (HDR_INTS - 8) * 4;
 const WAIT_SLICE_MS = 10;
 const POLL_MS = 20;
+const SPIN_FLOOR_MS = 0.002;
 
 /** Default staging slot size per rank. */
 export const DEFAULT_SLOT_BYTES = 4 * 1024 * 1024;
@@ -161,6 +164,7 @@ class SharedMemoryExecutor implements Executor {
   private readonly f32: Float32Array[];
   private readonly f64: Float64Array[];
   private readonly spinMs: number;
+  private spinBudgetMs: number;
 
   constructor(spec: GroupSpec) {
     this.ctl = new Int32Array(spec.ctl);
@@ -177,6 +181,7 @@ class SharedMemoryExecutor implements Executor {
       this.f64.push(new Float64Array(spec.data, s * spec.slotBytes, spec.slotBytes / 8));
     }
     this.spinMs = spec.spinUs / 1000;
+    this.spinBudgetMs = this.spinMs;
   }
 
   remoteFailure(): { rank: number; message: string } | null {
@@ -207,11 +212,19 @@ class SharedMemoryExecutor implements Executor {
       return;
     }
     if (this.spinMs > 0) {
-      const until = performance.now() + this.spinMs;
+      // Adaptive: polling that pays off grows the budget (up to spinUs); polling in vain halves it
+      // (down to a floor), so a worker sharing its core with the one it waits for soon stops polling.
+      const until = performance.now() + this.spinBudgetMs;
       for (;;) {
-        for (let i = 0; i < 64; i++) if (Atomics.load(ctl, GEN) !== gen) return;
+        for (let i = 0; i < 64; i++) {
+          if (Atomics.load(ctl, GEN) !== gen) {
+            this.spinBudgetMs = Math.min(this.spinMs, this.spinBudgetMs * 2);
+            return;
+          }
+        }
         if (performance.now() > until) break;
       }
+      this.spinBudgetMs = Math.max(SPIN_FLOOR_MS, this.spinBudgetMs / 2);
     }
     for (;;) {
       Atomics.wait(ctl, GEN, gen, WAIT_SLICE_MS);
@@ -477,8 +490,8 @@ export interface LaunchThreadGroupOptions<D = unknown> {
   /** Staging slot size per rank in bytes (default 4 MiB; rounded up to a multiple of 64, at least 64·N). */
   slotBytes?: number;
   /**
-   * How long a worker polls the barrier before sleeping in Atomics.wait (µs). Default 100 when workers
-   * do not outnumber the cores, else 0. Waking a sleeping thread costs ~40 µs here.
+   * The most a worker polls a barrier before sleeping in Atomics.wait (µs); the actual budget adapts
+   * between 2 µs and this. Default 50 when workers do not outnumber the cores, else 0 (never poll).
    */
   spinUs?: number;
   /** After every rank has reported, how long workers may take to exit by themselves before termination (default 2000 ms). */
@@ -521,7 +534,7 @@ export function launchThreadGroup<R = unknown, D = unknown>(opts: LaunchThreadGr
   const data = new SharedArrayBuffer((N + 1) * slotBytes);
   const exitGraceMs = opts.exitGraceMs ?? 2000;
   const abortGraceMs = opts.abortGraceMs ?? 250;
-  const spinUs = opts.spinUs ?? (M <= availableParallelism() ? 100 : 0);
+  const spinUs = opts.spinUs ?? (M <= availableParallelism() ? 50 : 0);
 
   return new Promise<R[]>((resolve, reject) => {
     const results = new Array<R>(N);
