@@ -17,6 +17,13 @@ import { embeddingReduce, partialAllReduce, vocabParallelMax, vocabParallelSums 
 import type { ResolvedConfig } from './config.js';
 import { initFull, ParamSet, type ParamSpec, paramSpecs, sliceShard } from './params.js';
 
+/** The buffers one block reads and writes (see RankModel.block). */
+interface BlockBuffers {
+  x: FloatArray; xMid: FloatArray; xOut: FloatArray;
+  ln1: FloatArray; rstd1: FloatArray; q: FloatArray; k: FloatArray; v: FloatArray; att: FloatArray; attnOut: FloatArray;
+  ln2: FloatArray; rstd2: FloatArray; gate: FloatArray; up: FloatArray; sw: FloatArray; o: FloatArray; pack: FloatArray;
+}
+
 interface LayerViews {
   ln1: FloatArray; wq: FloatArray; wk: FloatArray; wv: FloatArray; wo: FloatArray;
   ln2: FloatArray; wgate: FloatArray; wup: FloatArray; wdown: FloatArray;
@@ -193,49 +200,71 @@ export class RankModel {
     const a = this.actsFor(B, T);
     const BT = B * T;
     const h = cfg.model.hidden;
-    const HD = cfg.headDim;
-    const NHl = cfg.local.heads;
-    const NKVl = cfg.local.kvHeads;
-    const qd = NHl * HD;
-    const kvd = NKVl * HD;
-    const F = cfg.local.ffn;
     const Vl = cfg.local.vocab;
-    const s = cfg.shared;
-    const c = cfg.privateScaleValue;
     const eps = cfg.model.normEps;
 
     be.embeddingForward(a.resid[0]!, w.embed, inputs, BT, h, this.vocabStart, Vl);
     await embeddingReduce(comm, a.resid[0]!, BT * h, TAGS.embedFwd);
 
     for (let l = 0; l < cfg.model.layers; l++) {
-      const lw = w.layers[l]!;
-      const x = a.resid[l]!;
-      // --- attention half ---
-      be.rmsnormForward(a.ln1[l]!, a.rstd1[l]!, x, lw.ln1, BT, h, eps);
-      be.gemm(false, true, BT, qd, h, 1, a.ln1[l]!, 0, h, lw.wq, 0, h, 0, a.q[l]!, 0, qd);
-      be.gemm(false, true, BT, kvd, h, 1, a.ln1[l]!, 0, h, lw.wk, 0, h, 0, a.k[l]!, 0, kvd);
-      be.gemm(false, true, BT, kvd, h, 1, a.ln1[l]!, 0, h, lw.wv, 0, h, 0, a.v[l]!, 0, kvd);
-      be.ropeForward(a.q[l]!, this.cos, this.sin, B, T, NHl, HD, 0);
-      be.ropeForward(a.k[l]!, this.cos, this.sin, B, T, NKVl, HD, 0);
-      be.attentionForward(a.attnOut[l]!, a.att[l]!, a.q[l]!, a.k[l]!, a.v[l]!, B, T, T, NHl, NKVl, HD, T * kvd);
-      be.gemm(false, true, BT, h, qd, 1, a.attnOut[l]!, 0, qd, lw.wo, 0, qd, 0, a.o, 0, h);
-      await partialAllReduce(comm, be, a.o, BT, h, s, c, a.pack, TAGS.attnFwd);
-      be.add(a.residMid[l]!, x, a.o, BT * h);
-      // --- MLP half ---
-      const xm = a.residMid[l]!;
-      be.rmsnormForward(a.ln2[l]!, a.rstd2[l]!, xm, lw.ln2, BT, h, eps);
-      be.gemm(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, lw.wgate, 0, h, 0, a.gate[l]!, 0, F);
-      be.gemm(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, lw.wup, 0, h, 0, a.up[l]!, 0, F);
-      be.swigluForward(a.sw[l]!, a.gate[l]!, a.up[l]!, BT * F);
-      be.gemm(false, true, BT, h, F, 1, a.sw[l]!, 0, F, lw.wdown, 0, F, 0, a.o, 0, h);
-      await partialAllReduce(comm, be, a.o, BT, h, s, c, a.pack, TAGS.mlpFwd);
-      be.add(a.resid[l + 1]!, xm, a.o, BT * h);
+      await this.block(l, B, T, 0, T, {
+        x: a.resid[l]!, xMid: a.residMid[l]!, xOut: a.resid[l + 1]!,
+        ln1: a.ln1[l]!, rstd1: a.rstd1[l]!, q: a.q[l]!, k: a.k[l]!, v: a.v[l]!, att: a.att[l]!, attnOut: a.attnOut[l]!,
+        ln2: a.ln2[l]!, rstd2: a.rstd2[l]!, gate: a.gate[l]!, up: a.up[l]!, sw: a.sw[l]!, o: a.o, pack: a.pack,
+      });
     }
 
     const xL = a.resid[cfg.model.layers]!;
     be.rmsnormForward(a.lnf, a.rstdf, xL, w.norm, BT, h, eps);
     be.gemm(false, true, BT, Vl, h, 1, a.lnf, 0, h, w.lmHead, 0, h, 0, a.logits, 0, Vl);
     return this.crossEntropy(a, targets, BT, Vl);
+  }
+
+  /**
+   * One transformer block on Tq new tokens per sequence at positions pos0 …, in place of the caller's
+   * buffers: xMid = x + attn(x), xOut = xMid + mlp(xMid) (x, xMid and xOut may be the same buffer).
+   * k and v are the key/value store [B, kvLen, NKV/N, HD]: the new keys are written at positions
+   * pos0 … pos0+Tq−1 and attention reads positions 0 … pos0+Tq−1 (training: kvLen = Tq, pos0 = 0).
+   */
+  private async block(l: number, B: number, Tq: number, pos0: number, kvLen: number, b: BlockBuffers): Promise<void> {
+    const { be, comm, cfg } = this;
+    const lw = this.w.layers[l]!;
+    const BT = B * Tq;
+    const h = cfg.model.hidden;
+    const HD = cfg.headDim;
+    const NHl = cfg.local.heads;
+    const NKVl = cfg.local.kvHeads;
+    const qd = NHl * HD;
+    const kvd = NKVl * HD;
+    const F = cfg.local.ffn;
+    const s = cfg.shared;
+    const c = cfg.privateScaleValue;
+    const eps = cfg.model.normEps;
+    // --- attention half ---
+    be.rmsnormForward(b.ln1, b.rstd1, b.x, lw.ln1, BT, h, eps);
+    be.gemm(false, true, BT, qd, h, 1, b.ln1, 0, h, lw.wq, 0, h, 0, b.q, 0, qd);
+    be.ropeForward(b.q, this.cos, this.sin, B, Tq, NHl, HD, pos0);
+    for (const [w, store] of [[lw.wk, b.k], [lw.wv, b.v]] as const) {
+      if (kvLen === Tq) {
+        be.gemm(false, true, BT, kvd, h, 1, b.ln1, 0, h, w, 0, h, 0, store, 0, kvd);
+      } else {
+        for (let bi = 0; bi < B; bi++) be.gemm(false, true, Tq, kvd, h, 1, b.ln1, bi * Tq * h, h, w, 0, h, 0, store, (bi * kvLen + pos0) * kvd, kvd);
+      }
+    }
+    if (kvLen === Tq) be.ropeForward(b.k, this.cos, this.sin, B, Tq, NKVl, HD, pos0);
+    else for (let bi = 0; bi < B; bi++) be.ropeForward(b.k.subarray((bi * kvLen + pos0) * kvd), this.cos, this.sin, 1, Tq, NKVl, HD, pos0);
+    be.attentionForward(b.attnOut, b.att, b.q, b.k, b.v, B, Tq, pos0 + Tq, NHl, NKVl, HD, kvLen * kvd);
+    be.gemm(false, true, BT, h, qd, 1, b.attnOut, 0, qd, lw.wo, 0, qd, 0, b.o, 0, h);
+    await partialAllReduce(comm, be, b.o, BT, h, s, c, b.pack, TAGS.attnFwd);
+    be.add(b.xMid, b.x, b.o, BT * h);
+    // --- MLP half ---
+    be.rmsnormForward(b.ln2, b.rstd2, b.xMid, lw.ln2, BT, h, eps);
+    be.gemm(false, true, BT, F, h, 1, b.ln2, 0, h, lw.wgate, 0, h, 0, b.gate, 0, F);
+    be.gemm(false, true, BT, F, h, 1, b.ln2, 0, h, lw.wup, 0, h, 0, b.up, 0, F);
+    be.swigluForward(b.sw, b.gate, b.up, BT * F);
+    be.gemm(false, true, BT, h, F, 1, b.sw, 0, F, lw.wdown, 0, F, 0, b.o, 0, h);
+    await partialAllReduce(comm, be, b.o, BT, h, s, c, b.pack, TAGS.mlpFwd);
+    be.add(b.xOut, b.xMid, b.o, BT * h);
   }
 
   private async crossEntropy(a: Acts, targets: Int32Array, BT: number, Vl: number): Promise<number> {
@@ -384,11 +413,8 @@ export class RankModel {
     if (pos0 + Tq > cache.maxLen) throw new Error(`sequence of ${pos0 + Tq} tokens exceeds the cache length ${cache.maxLen}`);
     const BT = B * Tq;
     const h = cfg.model.hidden;
-    const HD = cfg.headDim;
     const NHl = cfg.local.heads;
-    const NKVl = cfg.local.kvHeads;
-    const qd = NHl * HD;
-    const kvd = NKVl * HD;
+    const qd = NHl * cfg.headDim;
     const F = cfg.local.ffn;
     const Vl = cfg.local.vocab;
     const Tk = pos0 + Tq;
@@ -397,42 +423,21 @@ export class RankModel {
     if (!sc) {
       const a = (n: number) => be.alloc(n);
       sc = {
-        x: a(BT * h), xn: a(BT * h), rstd: a(BT), q: a(BT * qd), kn: a(BT * kvd), vn: a(BT * kvd),
+        x: a(BT * h), xn: a(BT * h), rstd: a(BT), q: a(BT * qd),
         att: a(B * NHl * Tq * cache.maxLen), ao: a(BT * qd), o: a(BT * h), pack: a(BT * h),
         gate: a(BT * F), up: a(BT * F), sw: a(BT * F),
         last: a(B * h), lastN: a(B * h), local: a(B * Vl), gathered: a(this.N * B * Vl), out: a(B * cfg.vocab),
       };
       cache.scratch.set(Tq, sc);
     }
-    const { x, xn, rstd, q, kn, vn, att, ao, o, pack, gate, up, sw } = sc;
+    const { x, xn, rstd, q, att, ao, o, pack, gate, up, sw } = sc;
     be.embeddingForward(x, w.embed, tokens, BT, h, this.vocabStart, Vl);
     await embeddingReduce(comm, x, BT * h, TAGS.embedFwd);
     for (let l = 0; l < cfg.model.layers; l++) {
-      const lw = w.layers[l]!;
-      be.rmsnormForward(xn, rstd, x, lw.ln1, BT, h, eps);
-      be.gemm(false, true, BT, qd, h, 1, xn, 0, h, lw.wq, 0, h, 0, q, 0, qd);
-      be.gemm(false, true, BT, kvd, h, 1, xn, 0, h, lw.wk, 0, h, 0, kn, 0, kvd);
-      be.gemm(false, true, BT, kvd, h, 1, xn, 0, h, lw.wv, 0, h, 0, vn, 0, kvd);
-      be.ropeForward(q, this.cos, this.sin, B, Tq, NHl, HD, pos0);
-      be.ropeForward(kn, this.cos, this.sin, B, Tq, NKVl, HD, pos0);
-      const ck = cache.k[l]!;
-      const cv = cache.v[l]!;
-      for (let b = 0; b < B; b++) {
-        const dst = (b * cache.maxLen + pos0) * kvd;
-        ck.set(kn.subarray(b * Tq * kvd, (b + 1) * Tq * kvd), dst);
-        cv.set(vn.subarray(b * Tq * kvd, (b + 1) * Tq * kvd), dst);
-      }
-      be.attentionForward(ao, att, q, ck, cv, B, Tq, Tk, NHl, NKVl, HD, cache.maxLen * kvd);
-      be.gemm(false, true, BT, h, qd, 1, ao, 0, qd, lw.wo, 0, qd, 0, o, 0, h);
-      await partialAllReduce(comm, be, o, BT, h, cfg.shared, cfg.privateScaleValue, pack, TAGS.attnFwd);
-      be.add(x, x, o, BT * h);
-      be.rmsnormForward(xn, rstd, x, lw.ln2, BT, h, eps);
-      be.gemm(false, true, BT, F, h, 1, xn, 0, h, lw.wgate, 0, h, 0, gate, 0, F);
-      be.gemm(false, true, BT, F, h, 1, xn, 0, h, lw.wup, 0, h, 0, up, 0, F);
-      be.swigluForward(sw, gate, up, BT * F);
-      be.gemm(false, true, BT, h, F, 1, sw, 0, F, lw.wdown, 0, F, 0, o, 0, h);
-      await partialAllReduce(comm, be, o, BT, h, cfg.shared, cfg.privateScaleValue, pack, TAGS.mlpFwd);
-      be.add(x, x, o, BT * h);
+      await this.block(l, B, Tq, pos0, cache.maxLen, {
+        x, xMid: x, xOut: x, ln1: xn, rstd1: rstd, q, k: cache.k[l]!, v: cache.v[l]!, att, attnOut: ao,
+        ln2: xn, rstd2: rstd, gate, up, sw, o, pack,
+      });
     }
     cache.len = Tk;
     // Final norm and LM head on the last position of each sequence only.
@@ -446,6 +451,12 @@ export class RankModel {
       for (let b = 0; b < B; b++) out.set(gathered.subarray((r * B + b) * Vl, (r * B + b + 1) * Vl), b * cfg.vocab + r * Vl);
     }
     return out;
+  }
+
+  /** This rank's logits [B·T, V/N] (vocab block r) from the last training forward. */
+  logitsLocal(): FloatArray {
+    if (!this.acts) throw new Error('logitsLocal called before forward');
+    return this.acts.logits;
   }
 
   /** The residual stream saved by the last forward: entry l is the input of layer l, entry L the output. */
