@@ -11,6 +11,7 @@ import { loadTokenizer } from '../data/tokenizers.js';
 import { loadCheckpoint } from '../io/checkpoint.js';
 import type { ResolvedConfig } from '../model/config.js';
 import { VirtualModel } from '../model/harness.js';
+import { mulberry32 } from '../util/random.js';
 import { UserError } from './run.js';
 import { num } from './train.js';
 
@@ -38,18 +39,6 @@ export function loadRun(runDir: string, flags: { backend?: string; tp?: string; 
   const vm = new VirtualModel(ck.cfg, be);
   for (const m of vm.ranks) m.loadFull((s) => ck.params.get(s.name)!);
   return { runDir, cfg: ck.cfg, vm, tokenizer, step: ck.state.step };
-}
-
-/** Seeded sampler (mulberry32), identical on every rank so all ranks pick the same token. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export interface SampleOptions {
@@ -112,7 +101,7 @@ export async function generateCommand(f: GenerateFlags): Promise<void> {
   if (!(o.topP > 0 && o.topP <= 1)) throw new UserError('--top-p must be in (0, 1]');
   if (!Number.isInteger(o.topK) || o.topK < 0) throw new UserError('--top-k must be a non-negative integer (0: no limit)');
   const maxTokens = num('max-tokens', f.maxTokens)!;
-  const rand = rng(num('seed', f.seed)!);
+  const rand = mulberry32(num('seed', f.seed)!); // same seed on every rank: all pick the same token
   const tok = run.tokenizer;
   let ids = tok.encode(f.prompt);
   if (ids.length === 0) {

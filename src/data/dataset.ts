@@ -28,6 +28,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createHash } from 'node:crypto';
 import { writeFileAtomic } from '../io/atomic.js';
+import { mulberry32 } from '../util/random.js';
 import { DEFAULT_SPLIT_SEED, DEFAULT_VAL_FRACTION, loadCorpus, splitCorpus, type Corpus, type Document, type SplitOptions } from './corpus.js';
 import { trainBpe, BpeTokenizer } from './bpe.js';
 import { Gpt2Tokenizer } from './gpt2.js';
@@ -336,18 +337,6 @@ function epochSeed(seed: number, epoch: number, salt: number): number {
   return mix32(mix32(mix32(lo ^ salt) ^ hi) ^ mix32(epoch + 0x9e3779b9));
 }
 
-/** mulberry32 PRNG: uniform integers from a 32-bit seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 export interface TokenLoaderOptions {
   batchSize: number;
   seqLen: number;
@@ -408,7 +397,7 @@ export class TokenLoader {
     const order = new Uint32Array(n);
     for (let i = 0; i < n; i++) order[i] = i;
     if (this.shuffle) {
-      const rand = prng(epochSeed(this.seed, this.epoch, 0x5f1e));
+      const rand = mulberry32(epochSeed(this.seed, this.epoch, 0x5f1e));
       for (let i = n - 1; i > 0; i--) {
         const j = Math.floor(rand() * (i + 1));
         const t = order[i]!;
