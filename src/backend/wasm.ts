@@ -296,7 +296,16 @@ class WasmRuntime {
       }
       regionOf.set(i, r);
     }
-    for (const r of regions) r.ptr = this.heap.alloc(r.end - r.start, false);
+    let allocated = 0;
+    try {
+      for (const r of regions) {
+        r.ptr = this.heap.alloc(r.end - r.start, false);
+        allocated++;
+      }
+    } catch (e) {
+      for (const r of regions.slice(0, allocated)) this.heap.release(r.ptr, r.end - r.start);
+      throw e;
+    }
     const mem = this.memory.buffer;
     for (const r of regions) {
       if (r.end > r.start) new Uint8Array(mem, r.ptr, r.end - r.start).set(new Uint8Array(r.buf, r.start, r.end - r.start));
@@ -316,6 +325,16 @@ class WasmRuntime {
       for (const r of regions) this.heap.release(r.ptr, r.end - r.start);
     };
     return { ptrs, done };
+  }
+
+  /** Runs `fn` on the staged addresses of `args` (see `stage`), copying outputs back even if it throws. */
+  call<T>(kernel: string, args: readonly Arg[], fn: (p: number[]) => T): T {
+    const s = this.stage(kernel, args);
+    try {
+      return fn(s.ptrs);
+    } finally {
+      s.done();
+    }
   }
 
   liveArrays(): number {
@@ -402,47 +421,54 @@ function rawWasmBackend(rt: WasmRuntime): Backend {
       const [br, bc] = transB ? [N, K] : [K, N];
       const work = rt.gemmWork(k.gemmWorkBytes(M, N, K));
       if (!rt.isLocal(A) || !rt.isLocal(B) || !rt.isLocal(C)) rt.foreignCalls++;
+      // Operands outside the memory are gathered row by row into compact scratch (C only when it is
+      // read, beta ≠ 0) and C is scattered back row by row, so nothing outside the addressed block
+      // of a strided C is written.
       const scratch: [number, number][] = [];
-      let pA: number, pB: number, pC: number;
-      let la = lda, lb = ldb, lc = ldc;
-      if (rt.isLocal(A)) pA = A.byteOffset + offA * 4;
-      else {
-        pA = gather(A, offA, lda, ar, ac, true);
-        scratch.push([pA, ar * ac * 4]);
-        la = Math.max(1, ac);
-      }
-      if (rt.isLocal(B)) pB = B.byteOffset + offB * 4;
-      else {
-        pB = gather(B, offB, ldb, br, bc, true);
-        scratch.push([pB, br * bc * 4]);
-        lb = Math.max(1, bc);
-      }
       const cLocal = rt.isLocal(C);
-      if (cLocal) pC = C.byteOffset + offC * 4;
-      else {
-        pC = gather(C, offC, ldc, M, N, beta !== 0);
-        scratch.push([pC, M * N * 4]);
-        lc = N;
+      try {
+        let pA = A.byteOffset + offA * 4;
+        let pB = B.byteOffset + offB * 4;
+        let pC = C.byteOffset + offC * 4;
+        let la = lda;
+        let lb = ldb;
+        let lc = ldc;
+        if (!rt.isLocal(A)) {
+          pA = gather(A, offA, lda, ar, ac, true);
+          scratch.push([pA, ar * ac * 4]);
+          la = Math.max(1, ac);
+        }
+        if (!rt.isLocal(B)) {
+          pB = gather(B, offB, ldb, br, bc, true);
+          scratch.push([pB, br * bc * 4]);
+          lb = Math.max(1, bc);
+        }
+        if (!cLocal) {
+          pC = gather(C, offC, ldc, M, N, beta !== 0);
+          scratch.push([pC, M * N * 4]);
+          lc = N;
+        }
+        k.gemm(transA ? 1 : 0, transB ? 1 : 0, M, N, K, alpha, pA, la, pB, lb, beta, pC, lc, work);
+        if (!cLocal) {
+          const res = rt.view(pC, M * N);
+          for (let r = 0; r < M; r++) C.set(res.subarray(r * N, r * N + N), offC + r * ldc);
+        }
+      } finally {
+        for (const [p, bytes] of scratch) rt.heap.release(p, bytes);
       }
-      k.gemm(transA ? 1 : 0, transB ? 1 : 0, M, N, K, alpha, pA, la, pB, lb, beta, pC, lc, work);
-      if (!cLocal) {
-        const res = rt.view(pC, M * N);
-        for (let r = 0; r < M; r++) C.set(res.subarray(r * N, r * N + N), offC + r * ldc);
-      }
-      for (const [p, bytes] of scratch) rt.heap.release(p, bytes);
     },
 
     attentionForward(out, att, q, k_, v, B, Tq, Tk, NH, NKV, HD, kvBatchStride) {
       const qn = B * Tq * NH * HD;
       const kvn = (B - 1) * kvBatchStride + Tk * NKV * HD;
       const an = B * NH * Tq * Tk;
-      const s = rt.stage('attentionForward', [[out, qn, T], [att, an, T], [q, qn, F], [k_, kvn, F], [v, kvn, F]]);
-      const [pOut, pAtt, pQ, pK, pV] = s.ptrs as [number, number, number, number, number];
-      composedAttentionForward(
-        be, rt.view(pOut, qn), rt.view(pAtt, an), rt.view(pQ, qn), rt.view(pK, kvn), rt.view(pV, kvn),
-        B, Tq, Tk, NH, NKV, HD, kvBatchStride,
-      );
-      s.done();
+      rt.call('attentionForward', [[out, qn, T], [att, an, T], [q, qn, F], [k_, kvn, F], [v, kvn, F]], (p) => {
+        const [pOut, pAtt, pQ, pK, pV] = p as [number, number, number, number, number];
+        composedAttentionForward(
+          be, rt.view(pOut, qn), rt.view(pAtt, an), rt.view(pQ, qn), rt.view(pK, kvn), rt.view(pV, kvn),
+          B, Tq, Tk, NH, NKV, HD, kvBatchStride,
+        );
+      });
     },
 
     attentionBackward(dq, dk, dv, scratch, dout, q, k_, v, att, B, Tt, NH, NKV, HD) {
@@ -450,46 +476,44 @@ function rawWasmBackend(rt: WasmRuntime): Backend {
       const kvn = B * Tt * NKV * HD;
       const an = B * NH * Tt * Tt;
       const sn = Tt * Tt;
-      const s = rt.stage('attentionBackward', [
+      const args: Arg[] = [
         [dq, qn, T], [dk, kvn, T], [dv, kvn, T], [scratch, sn, T], [dout, qn, F], [q, qn, F], [k_, kvn, F], [v, kvn, F], [att, an, F],
-      ]);
-      const p = s.ptrs;
-      composedAttentionBackward(
-        be, rt.view(p[0]!, qn), rt.view(p[1]!, kvn), rt.view(p[2]!, kvn), rt.view(p[3]!, sn), rt.view(p[4]!, qn),
-        rt.view(p[5]!, qn), rt.view(p[6]!, kvn), rt.view(p[7]!, kvn), rt.view(p[8]!, an),
-        B, Tt, NH, NKV, HD,
-      );
-      s.done();
+      ];
+      rt.call('attentionBackward', args, (p) => {
+        composedAttentionBackward(
+          be, rt.view(p[0]!, qn), rt.view(p[1]!, kvn), rt.view(p[2]!, kvn), rt.view(p[3]!, sn), rt.view(p[4]!, qn),
+          rt.view(p[5]!, qn), rt.view(p[6]!, kvn), rt.view(p[7]!, kvn), rt.view(p[8]!, an),
+          B, Tt, NH, NKV, HD,
+        );
+      });
     },
 
     softmaxForward(out, inp, rows, cols, scale, causalQ) {
       const n = rows * cols;
-      const s = rt.stage('softmaxForward', [[out, n, T], [inp, n, F]]);
-      k.softmaxForward(s.ptrs[0]!, s.ptrs[1]!, rows, cols, scale, causalQ);
-      s.done();
+      rt.call('softmaxForward', [[out, n, T], [inp, n, F]], (p) => {
+        k.softmaxForward(p[0]!, p[1]!, rows, cols, scale, causalQ);
+      });
     },
 
     softmaxBackward(dinp, dout, out, rows, cols, scale) {
       const n = rows * cols;
-      const s = rt.stage('softmaxBackward', [[dinp, n, T], [dout, n, F], [out, n, F]]);
-      k.softmaxBackward(s.ptrs[0]!, s.ptrs[1]!, s.ptrs[2]!, rows, cols, scale);
-      s.done();
+      rt.call('softmaxBackward', [[dinp, n, T], [dout, n, F], [out, n, F]], (p) => {
+        k.softmaxBackward(p[0]!, p[1]!, p[2]!, rows, cols, scale);
+      });
     },
 
     rmsnormForward(out, rstd, x, w, rows, cols, eps) {
       const n = rows * cols;
-      const s = rt.stage('rmsnormForward', [[out, n, T], [rstd, rows, T], [x, n, F], [w, cols, F]]);
-      const p = s.ptrs;
-      k.rmsnormForward(p[0]!, p[1]!, p[2]!, p[3]!, rows, cols, eps);
-      s.done();
+      rt.call('rmsnormForward', [[out, n, T], [rstd, rows, T], [x, n, F], [w, cols, F]], (p) => {
+        k.rmsnormForward(p[0]!, p[1]!, p[2]!, p[3]!, rows, cols, eps);
+      });
     },
 
     rmsnormBackward(dx, dw, dout, x, w, rstd, rows, cols) {
       const n = rows * cols;
-      const s = rt.stage('rmsnormBackward', [[dx, n, T], [dw, cols, T], [dout, n, F], [x, n, F], [w, cols, F], [rstd, rows, F]]);
-      const p = s.ptrs;
-      k.rmsnormBackward(p[0]!, p[1]!, p[2]!, p[3]!, p[4]!, p[5]!, rows, cols);
-      s.done();
+      rt.call('rmsnormBackward', [[dx, n, T], [dw, cols, T], [dout, n, F], [x, n, F], [w, cols, F], [rstd, rows, F]], (p) => {
+        k.rmsnormBackward(p[0]!, p[1]!, p[2]!, p[3]!, p[4]!, p[5]!, rows, cols);
+      });
     },
 
     ropeForward(x, cos, sin, B, Tt, H, HD, pos0) {
@@ -501,88 +525,84 @@ function rawWasmBackend(rt: WasmRuntime): Backend {
     },
 
     swigluForward(out, a, b, n) {
-      const s = rt.stage('swigluForward', [[out, n, T], [a, n, F], [b, n, F]]);
-      k.swigluForward(s.ptrs[0]!, s.ptrs[1]!, s.ptrs[2]!, n);
-      s.done();
+      rt.call('swigluForward', [[out, n, T], [a, n, F], [b, n, F]], (p) => {
+        k.swigluForward(p[0]!, p[1]!, p[2]!, n);
+      });
     },
 
     swigluBackward(da, db, dout, a, b, n) {
-      const s = rt.stage('swigluBackward', [[da, n, T], [db, n, T], [dout, n, F], [a, n, F], [b, n, F]]);
-      const p = s.ptrs;
-      k.swigluBackward(p[0]!, p[1]!, p[2]!, p[3]!, p[4]!, n);
-      s.done();
+      rt.call('swigluBackward', [[da, n, T], [db, n, T], [dout, n, F], [a, n, F], [b, n, F]], (p) => {
+        k.swigluBackward(p[0]!, p[1]!, p[2]!, p[3]!, p[4]!, n);
+      });
     },
 
     rowMax(out, x, rows, cols) {
-      const s = rt.stage('rowMax', [[out, rows, T], [x, rows * cols, F]]);
-      k.rowMax(s.ptrs[0]!, s.ptrs[1]!, rows, cols);
-      s.done();
+      rt.call('rowMax', [[out, rows, T], [x, rows * cols, F]], (p) => {
+        k.rowMax(p[0]!, p[1]!, rows, cols);
+      });
     },
 
     rowSumExp(out, x, shift, rows, cols) {
-      const s = rt.stage('rowSumExp', [[out, rows, T], [x, rows * cols, F], [shift, rows, F]]);
-      k.rowSumExp(s.ptrs[0]!, s.ptrs[1]!, s.ptrs[2]!, rows, cols);
-      s.done();
+      rt.call('rowSumExp', [[out, rows, T], [x, rows * cols, F], [shift, rows, F]], (p) => {
+        k.rowSumExp(p[0]!, p[1]!, p[2]!, rows, cols);
+      });
     },
 
     pickTarget(out, x, targets, rows, cols, vocabStart) {
-      const s = rt.stage('pickTarget', [[out, rows, T], [x, rows * cols, F], [targets, rows, F]]);
-      k.pickTarget(s.ptrs[0]!, s.ptrs[1]!, s.ptrs[2]!, rows, cols, vocabStart);
-      s.done();
+      rt.call('pickTarget', [[out, rows, T], [x, rows * cols, F], [targets, rows, F]], (p) => {
+        k.pickTarget(p[0]!, p[1]!, p[2]!, rows, cols, vocabStart);
+      });
     },
 
     crossEntropyBackward(dlogits, logits, targets, lse, rows, cols, vocabStart, gradScale) {
       const n = rows * cols;
-      const s = rt.stage('crossEntropyBackward', [[dlogits, n, T], [logits, n, F], [targets, rows, F], [lse, rows, F]]);
-      const p = s.ptrs;
-      k.crossEntropyBackward(p[0]!, p[1]!, p[2]!, p[3]!, rows, cols, vocabStart, gradScale);
-      s.done();
+      rt.call('crossEntropyBackward', [[dlogits, n, T], [logits, n, F], [targets, rows, F], [lse, rows, F]], (p) => {
+        k.crossEntropyBackward(p[0]!, p[1]!, p[2]!, p[3]!, rows, cols, vocabStart, gradScale);
+      });
     },
 
     embeddingForward(out, table, tokens, n, C, vocabStart, tableRows) {
-      const s = rt.stage('embeddingForward', [[out, n * C, T], [table, tableRows * C, F], [tokens, n, F]]);
-      k.embeddingForward(s.ptrs[0]!, s.ptrs[1]!, s.ptrs[2]!, n, C, vocabStart, tableRows);
-      s.done();
+      rt.call('embeddingForward', [[out, n * C, T], [table, tableRows * C, F], [tokens, n, F]], (p) => {
+        k.embeddingForward(p[0]!, p[1]!, p[2]!, n, C, vocabStart, tableRows);
+      });
     },
 
     embeddingBackward(dtable, dout, tokens, n, C, vocabStart, tableRows) {
-      const s = rt.stage('embeddingBackward', [[dtable, tableRows * C, T], [dout, n * C, F], [tokens, n, F]]);
-      k.embeddingBackward(s.ptrs[0]!, s.ptrs[1]!, s.ptrs[2]!, n, C, vocabStart, tableRows);
-      s.done();
+      rt.call('embeddingBackward', [[dtable, tableRows * C, T], [dout, n * C, F], [tokens, n, F]], (p) => {
+        k.embeddingBackward(p[0]!, p[1]!, p[2]!, n, C, vocabStart, tableRows);
+      });
     },
 
     add(out, a, b, n) {
-      const s = rt.stage('add', [[out, n, T], [a, n, F], [b, n, F]]);
-      k.add(s.ptrs[0]!, s.ptrs[1]!, s.ptrs[2]!, n);
-      s.done();
+      rt.call('add', [[out, n, T], [a, n, F], [b, n, F]], (p) => {
+        k.add(p[0]!, p[1]!, p[2]!, n);
+      });
     },
 
     axpy(y, alpha, x, n) {
-      const s = rt.stage('axpy', [[y, n, T], [x, n, F]]);
-      k.axpy(s.ptrs[0]!, alpha, s.ptrs[1]!, n);
-      s.done();
+      rt.call('axpy', [[y, n, T], [x, n, F]], (p) => {
+        k.axpy(p[0]!, alpha, p[1]!, n);
+      });
     },
 
     scale(x, alpha, n) {
-      const s = rt.stage('scale', [[x, n, T]]);
-      k.scale(s.ptrs[0]!, alpha, n);
-      s.done();
+      rt.call('scale', [[x, n, T]], (p) => {
+        k.scale(p[0]!, alpha, n);
+      });
     },
 
     reduceSum(out, srcs, n) {
-      const s = rt.stage('reduceSum', [[out, n, T], ...srcs.map((a): Arg => [a, n, F])]);
-      const list = rt.heap.alloc(srcs.length * 4, false);
-      new Uint32Array(rt.memory.buffer, list, srcs.length).set(s.ptrs.slice(1));
-      k.reduceSum(s.ptrs[0]!, list, srcs.length, n);
-      rt.heap.release(list, srcs.length * 4);
-      s.done();
+      rt.call('reduceSum', [[out, n, T], ...srcs.map((a): Arg => [a, n, F])], (p) => {
+        // the source addresses, as a u32 list in the memory
+        const list = rt.heap.alloc(srcs.length * 4, false);
+        new Uint32Array(rt.memory.buffer, list, srcs.length).set(p.slice(1));
+        k.reduceSum(p[0]!, list, srcs.length, n);
+        rt.heap.release(list, srcs.length * 4);
+      });
     },
 
     sumSquares(x, n) {
-      const s = rt.stage('sumSquares', [[x, n, F]]);
-      const r = k.sumSquares(s.ptrs[0]!, n);
-      s.done();
-      return r;
+      return rt.call('sumSquares', [[x, n, F]], (p) => k.sumSquares(p[0]!, n));
     },
 
     adamw(param, grad, m, v, n, lr, beta1, beta2, eps, weightDecay, step, gradScale) {
@@ -590,18 +610,17 @@ function rawWasmBackend(rt: WasmRuntime): Backend {
       const bc2sqrt = Math.sqrt(1 - Math.pow(beta2, step));
       const stepSize = lr / bc1;
       const decay = 1 - lr * weightDecay;
-      const s = rt.stage('adamw', [[param, n, T], [grad, n, F], [m, n, T], [v, n, T]]);
-      const p = s.ptrs;
-      k.adamw(p[0]!, p[1]!, p[2]!, p[3]!, n, decay, beta1, beta2, eps, stepSize, bc2sqrt, gradScale);
-      s.done();
+      rt.call('adamw', [[param, n, T], [grad, n, F], [m, n, T], [v, n, T]], (p) => {
+        k.adamw(p[0]!, p[1]!, p[2]!, p[3]!, n, decay, beta1, beta2, eps, stepSize, bc2sqrt, gradScale);
+      });
     },
   };
 
   function rope(name: string, x: FloatArray, cos: FloatArray, sin: FloatArray, B: number, Tt: number, H: number, HD: number, pos0: number, dir: number): void {
     const tab = (pos0 + Tt) * (HD / 2);
-    const s = rt.stage(name, [[x, B * Tt * H * HD, T], [cos, tab, F], [sin, tab, F]]);
-    k.rope(s.ptrs[0]!, s.ptrs[1]!, s.ptrs[2]!, B, Tt, H, HD, pos0, dir);
-    s.done();
+    rt.call(name, [[x, B * Tt * H * HD, T], [cos, tab, F], [sin, tab, F]], (p) => {
+      k.rope(p[0]!, p[1]!, p[2]!, B, Tt, H, HD, pos0, dir);
+    });
   }
 
   return be;
