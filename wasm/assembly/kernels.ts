@@ -207,6 +207,14 @@ export function swigluForward(out: usize, a: usize, b: usize, n: i32): void {
   const one = f32x4.splat(1);
   const nv = n & ~3;
   let i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const pa = at(a, i), pb = at(b, i), po = at(out, i);
+    const x0 = v128.load(pa), x1 = v128.load(pa, 16);
+    const s0 = f32x4.div(x0, f32x4.add(one, vexp(f32x4.neg(x0))));
+    const s1 = f32x4.div(x1, f32x4.add(one, vexp(f32x4.neg(x1))));
+    v128.store(po, f32x4.mul(s0, v128.load(pb)));
+    v128.store(po, f32x4.mul(s1, v128.load(pb, 16)), 16);
+  }
   for (; i < nv; i += 4) {
     const x = v128.load(at(a, i));
     const silu = f32x4.div(x, f32x4.add(one, vexp(f32x4.neg(x))));
@@ -222,6 +230,20 @@ export function swigluBackward(da: usize, db: usize, dout: usize, a: usize, b: u
   const one = f32x4.splat(1);
   const nv = n & ~3;
   let i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const pa = at(a, i), pb = at(b, i), pg = at(dout, i), pda = at(da, i), pdb = at(db, i);
+    const x0 = v128.load(pa), x1 = v128.load(pa, 16);
+    const sig0 = f32x4.div(one, f32x4.add(one, vexp(f32x4.neg(x0))));
+    const sig1 = f32x4.div(one, f32x4.add(one, vexp(f32x4.neg(x1))));
+    const silu0 = f32x4.mul(x0, sig0), silu1 = f32x4.mul(x1, sig1);
+    const g0 = v128.load(pg), g1 = v128.load(pg, 16);
+    const d0 = f32x4.add(sig0, f32x4.mul(silu0, f32x4.sub(one, sig0)));
+    const d1 = f32x4.add(sig1, f32x4.mul(silu1, f32x4.sub(one, sig1)));
+    v128.store(pda, f32x4.mul(f32x4.mul(g0, v128.load(pb)), d0));
+    v128.store(pda, f32x4.mul(f32x4.mul(g1, v128.load(pb, 16)), d1), 16);
+    v128.store(pdb, f32x4.mul(g0, silu0));
+    v128.store(pdb, f32x4.mul(g1, silu1), 16);
+  }
   for (; i < nv; i += 4) {
     const x = v128.load(at(a, i));
     const sig = f32x4.div(one, f32x4.add(one, vexp(f32x4.neg(x))));

@@ -24,13 +24,14 @@ export function vexp(x: v128): v128 {
   const n = f32x4.sub(t, magic); // round-to-nearest-even of x·log2(e)
   let r = f32x4.sub(xc, f32x4.mul(n, f32x4.splat(0.693359375)));
   r = f32x4.add(r, f32x4.mul(n, f32x4.splat(2.12194440e-4)));
+  // e^r ≈ 1 + r + r²·(P5 + P4·r + P3·r² + P2·r³ + P1·r⁴ + P0·r⁵), the bracket by Estrin's scheme
+  // (short dependency chains, so that consecutive vectors overlap in the pipeline)
   const r2 = f32x4.mul(r, r);
-  let y = f32x4.splat(1.9875691500e-4);
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.3981999507e-3));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(8.3334519073e-3));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(4.1665795894e-2));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
+  const q0 = f32x4.add(f32x4.mul(f32x4.splat(1.6666665459e-1), r), f32x4.splat(5.0000001201e-1));
+  const q1 = f32x4.add(f32x4.mul(f32x4.splat(8.3334519073e-3), r), f32x4.splat(4.1665795894e-2));
+  const q2 = f32x4.add(f32x4.mul(f32x4.splat(1.9875691500e-4), r), f32x4.splat(1.3981999507e-3));
+  let y = f32x4.add(q1, f32x4.mul(r2, q2));
+  y = f32x4.add(q0, f32x4.mul(r2, y));
   y = f32x4.add(f32x4.add(f32x4.mul(y, r2), r), f32x4.splat(1.0));
   // the bits of t are 0x4B400000 + n, so t << 23 is n << 23 (the exponent increment)
   let res = i32x4.add(y, i32x4.shl(t, 23));
