@@ -287,7 +287,7 @@ export function rowMax(out: usize, x: usize, rows: i32, cols: i32): void {
     }
     let m = hmax(vmax(m0, m1));
     for (; c < cols; c++) m = max<f32>(m, load<f32>(at(xr, c)));
-    store<f32>(at(out, r), v128.any_true(nan) ? NaN : m);
+    store<f32>(at(out, r), v128.any_true(nan) ? <f32>NaN : m);
   }
 }
 
