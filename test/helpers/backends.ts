@@ -27,7 +27,16 @@ export function testThreads(): number {
  * (CAAT_NATIVE_BLAS=openblas|onednn picks the native build, as it does everywhere.)
  */
 export function allBackends(): BackendEntry[] {
-  cache ??= probeBackends({ threads: testThreads() });
+  if (!cache) {
+    cache = probeBackends({ threads: testThreads() });
+    // CI names the backends it installed the prerequisites for; losing one must fail, not skip.
+    const required = (process.env['CAAT_REQUIRE_BACKENDS'] ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+    for (const name of required) {
+      const e = cache.find((b) => b.name === name);
+      if (!e) throw new Error(`CAAT_REQUIRE_BACKENDS names an unknown backend "${name}"`);
+      if (!e.backend) throw new Error(`CAAT_REQUIRE_BACKENDS requires backend ${name}, which is unavailable: ${e.reason}`);
+    }
+  }
   return cache;
 }
 
