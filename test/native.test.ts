@@ -5,6 +5,7 @@
  * Every test is skipped (with the reason) when the addon is not built.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import { Worker } from 'node:worker_threads';
 import { createJsBackend } from '../src/backend/js.js';
@@ -164,10 +165,12 @@ describe('native backend', { skip: skipAll }, () => {
       const C = new Float32Array(64 * 64);
       be2.gemm(false, false, 64, 64, 64, 1, A, 0, 64, A, 0, 64, 0, C, 0, 64);
       assert.equal(nativeInfo(blas).threads, 2);
+      assert.equal(nativeInfo(blas).libraryThreads, 2);
       const be1 = loadNativeBackend({ blas, threads: 1 });
       assert.match(be1.description, /1 thread\b/);
       be1.gemm(false, false, 64, 64, 64, 1, A, 0, 64, A, 0, 64, 0, C, 0, 64);
       assert.equal(nativeInfo(blas).threads, 1);
+      assert.equal(nativeInfo(blas).libraryThreads, 1);
       assert.throws(() => loadNativeBackend({ blas, threads: 0 }), /threads/);
     });
   }
@@ -238,6 +241,40 @@ describe('native backend', { skip: skipAll }, () => {
     assert.deepEqual(o2, o1);
   });
 
+  test('the portable (non-AVX-512) kernels agree with js too', () => {
+    // The kernel build is chosen once per process, so this runs in a child with CAAT_NATIVE_ISA=baseline.
+    const url = (p: string): string => JSON.stringify(new URL(p, import.meta.url).href);
+    const code = `
+      import { loadNativeBackend, nativeInfo, setNativeGemmPath } from ${url('../src/backend/native.js')};
+      import { createJsBackend } from ${url('../src/backend/js.js')};
+      const nb = loadNativeBackend(), js = createJsBackend('f32');
+      if (nativeInfo().isa !== 'baseline') throw new Error('isa ' + nativeInfo().isa);
+      let s = 1;
+      const rand = (n) => Float32Array.from({ length: n }, () => { s = (s * 1103515245 + 12345) >>> 0; return (s / 2 ** 32) * 6 - 3; });
+      const err = (a, b) => { let m = 0, d = 0; for (let i = 0; i < b.length; i++) { m = Math.max(m, Math.abs(b[i])); d = Math.max(d, Math.abs(a[i] - b[i])); } return d / m; };
+      const worst = {};
+      const cmp = (name, f) => { const [a, b] = f(); worst[name] = Math.max(worst[name] ?? 0, err(a, b)); };
+      for (const [r, c] of [[3, 37], [5, 64], [2, 1000]]) {
+        const x = rand(r * c), y = rand(r * c), w = rand(c);
+        cmp('softmaxForward', () => { const o = [new Float32Array(r * c), new Float32Array(r * c)]; nb.softmaxForward(o[0], x, r, c, 0.5, 0); js.softmaxForward(o[1], x, r, c, 0.5, 0); return o; });
+        cmp('swigluBackward', () => { const o = [new Float32Array(r * c), new Float32Array(r * c), new Float32Array(r * c), new Float32Array(r * c)]; nb.swigluBackward(o[0], o[2], y, x, y, r * c); js.swigluBackward(o[1], o[3], y, x, y, r * c); return [o[0], o[1]]; });
+        cmp('rmsnormForward', () => { const o = [new Float32Array(r * c), new Float32Array(r * c)]; nb.rmsnormForward(o[0], new Float32Array(r), x, w, r, c, 1e-5); js.rmsnormForward(o[1], new Float32Array(r), x, w, r, c, 1e-5); return o; });
+        cmp('rowSumExp', () => { const o = [new Float32Array(r), new Float32Array(r)], m = new Float32Array(r).fill(3); nb.rowSumExp(o[0], x, m, r, c); js.rowSumExp(o[1], x, m, r, c); return o; });
+        for (const path of ['skinny', 'blas']) {
+          setNativeGemmPath(path);
+          for (const tB of [false, true]) cmp('gemm/' + path, () => { const o = [new Float32Array(r * 19), new Float32Array(r * 19)], b = rand(c * 19); nb.gemm(false, tB, r, 19, c, 1, x, 0, c, b, 0, tB ? c : 19, 0, o[0], 0, 19); js.gemm(false, tB, r, 19, c, 1, x, 0, c, b, 0, tB ? c : 19, 0, o[1], 0, 19); return o; });
+        }
+      }
+      console.log(JSON.stringify(worst));`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
+      encoding: 'utf8',
+      env: { ...process.env, CAAT_NATIVE_ISA: 'baseline' },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const worst = JSON.parse(r.stdout) as Record<string, number>;
+    for (const [name, e] of Object.entries(worst)) assert.ok(e < 2e-6, `baseline ${name}: error ${e}`);
+  });
+
   test('loads and computes inside worker threads, each with its own thread count', async () => {
     const nativeUrl = new URL('../src/backend/native.js', import.meta.url).href;
     const code = `
@@ -246,7 +283,7 @@ describe('native backend', { skip: skipAll }, () => {
       const be = loadNativeBackend({ threads: workerData.threads });
       const a = new Float32Array(workerData.sab, 0, 16), b = new Float32Array(workerData.sab, 64, 16), c = new Float32Array(workerData.sab, 128, 16);
       be.gemm(false, false, 4, 4, 4, 1, a, 0, 4, b, 0, 4, 0, c, 0, 4);
-      parentPort.postMessage({ description: be.description, threads: nativeInfo().threads });`;
+      parentPort.postMessage({ description: be.description, threads: nativeInfo().libraryThreads });`;
     const sab = new SharedArrayBuffer(192);
     const a = new Float32Array(sab, 0, 16);
     const b = new Float32Array(sab, 64, 16);

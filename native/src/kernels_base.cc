@@ -1,6 +1,7 @@
 // Baseline build of the kernels (whatever the compiler's default target is, e.g. SSE2 on x86-64),
 // and the run-time choice between it and the AVX-512 build.
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -14,6 +15,9 @@ namespace kbase {
 }  // namespace kbase
 
 const Kernels& selectKernels() {
+  // CAAT_NATIVE_ISA=baseline forces the portable kernels (to test them on an AVX-512 machine).
+  const char* force = std::getenv("CAAT_NATIVE_ISA");
+  if (force != nullptr && std::strcmp(force, "baseline") == 0) return kbase::table();
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
   // libgcc's cpu detection also checks that the OS saves the AVX-512 register state (XCR0).

@@ -19,10 +19,10 @@
  *   nativeInfo(blas?): NativeInfo
  *     which addon loads and what it runs on ({ blas, version, threads, isa, coretype, ... }).
  *   nativeGemmTimedInC(transA, transB, M, N, K, A, B, C, repeats, opts?): number
- *     C = op(A)·op(B) with packed operands (lda/ldb/ldc equal to the stored row lengths), through the
- *     same dispatch as `gemm`; one warm-up call, then `repeats` calls timed inside C with a monotonic
- *     clock. Returns the median seconds per call (compare with the time of `backend.gemm` measured in
- *     JS to get the binding overhead).
+ *     C = op(A)·op(B) (alpha 1, beta 0) with packed operands (lda/ldb/ldc equal to the stored row
+ *     lengths), through the same dispatch as `gemm`, `repeats` calls each timed inside C with a
+ *     monotonic clock (no warm-up call: warm up first). Returns the median seconds per call; compare
+ *     with the time of `backend.gemm` measured in JS to get the binding overhead.
  *   setNativeGemmPath(path, blas?)
  *     'auto' (default), 'blas' (BLAS for every shape) or 'skinny' (hand-written kernel for every shape),
  *     process-wide for that addon; for tests and benchmarks.
@@ -49,6 +49,8 @@ export interface NativeInfo {
   config: string;
   /** Threads set for the calling thread (the addon's current setting). */
   threads: number;
+  /** The library's own view: omp_get_max_threads() (oneDNN) or openblas_get_num_threads(). */
+  libraryThreads: number;
   /** Kernel build in use: 'avx512' or 'baseline'. */
   isa: string;
   /** GEMM path: 0 automatic, 1 BLAS always, 2 skinny kernel always. */
@@ -333,7 +335,7 @@ export function nativeInfo(blas?: NativeBlas): NativeInfo {
 
 /**
  * Median seconds per call of C = op(A)·op(B) (alpha 1, beta 0, packed operands), timed inside C over
- * `repeats` calls after one warm-up, through the same GEMM dispatch as the backend's `gemm`.
+ * `repeats` calls (no warm-up), through the same GEMM dispatch as the backend's `gemm`.
  */
 export function nativeGemmTimedInC(
   transA: boolean, transB: boolean, M: number, N: number, K: number,
