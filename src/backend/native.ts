@@ -1,9 +1,11 @@
 /**
  * The native backend: an N-API addon (native/, built by `npm run build:native`) whose GEMM is oneDNN's
  * `dnnl_sgemm` or OpenBLAS's `cblas_sgemm`, with a hand-written kernel for skinny products (M ≤ 8,
- * decoding), fused attention (GEMM + softmax per (batch, head) inside C++) and vectorised C++ for every
- * other kernel (AVX-512 when the CPU has it, chosen at load time). Float32 only; operands are used in
- * place (SharedArrayBuffer-backed arrays and subarray views included), never copied.
+ * decoding; M ≤ 16 with OpenBLAS, where it is measured faster), fused attention (GEMM + softmax per
+ * (batch, head) inside C++, skipping the masked upper triangle) and vectorised C++ for every other
+ * kernel (AVX-512 when the CPU has it, chosen at load time; CAAT_NATIVE_ISA=baseline forces the
+ * portable build). Float32 only; operands are used in place (SharedArrayBuffer-backed arrays and
+ * subarray views included), never copied.
  *
  * Addons (native/build/Release/):
  *   caatnet_native.node           oneDNN when it was found at build time, else OpenBLAS
