@@ -110,6 +110,9 @@ export function checked(raw: Backend): Backend {
       dim('alloc', 'n', n);
       return raw.alloc(n, shared);
     },
+    release(arr) {
+      raw.release(arr);
+    },
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       checkGemm(transA, transB, M, N, K, A, offA, lda, B, offB, ldb, C, offC, ldc);
       raw.gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);

@@ -25,6 +25,8 @@ export function rawJsBackend(precision: JsPrecision = 'f32'): Backend {
       return precision === 'f64' ? new Float64Array(sab) : new Float32Array(sab);
     },
 
+    release() {},
+
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       for (let i = 0; i < M; i++) {
         for (let j = 0; j < N; j++) {

@@ -216,6 +216,8 @@ function rawNativeBackend(addon: Addon, blas: NativeBlas, threads: number): Back
       return shared ? new Float32Array(new SharedArrayBuffer(n * 4)) : new Float32Array(n);
     },
 
+    release() {},
+
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       t();
       addon.gemm(transA, transB, M, N, K, alpha, f32('gemm', A), offA, lda, B as F32, offB, ldb, beta, C as F32, offC, ldc);

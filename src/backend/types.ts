@@ -56,6 +56,13 @@ export interface Backend {
    */
   alloc(n: number, shared?: boolean): FloatArray;
 
+  /**
+   * Hand back an array obtained from `alloc` (the array itself, not a view of it); it must not be used
+   * afterwards. The js and native backends leave it to the garbage collector; the wasm backend returns
+   * the block to its linear-memory allocator, which nothing else would reclaim.
+   */
+  release(arr: FloatArray): void;
+
   // ---------------------------------------------------------------------------------------------
   // Dense linear algebra
   // ---------------------------------------------------------------------------------------------

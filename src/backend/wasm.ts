@@ -414,6 +414,10 @@ function rawWasmBackend(rt: WasmRuntime): Backend {
       return rt.alloc(n);
     },
 
+    release(arr) {
+      releaseWasmArray(arr);
+    },
+
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       if (A instanceof Float64Array || B instanceof Float64Array || C instanceof Float64Array) float64('gemm');
       if (M === 0 || N === 0) return;

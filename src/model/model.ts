@@ -99,6 +99,14 @@ class Acts {
     this.dgate = a(BT * F); this.dup = a(BT * F); this.dsw = a(BT * F);
     this.dlogits = a(BT * cfg.local.vocab);
   }
+
+  /** Hand every buffer back to the backend. */
+  release(be: Backend): void {
+    for (const v of Object.values(this) as unknown[]) {
+      if (Array.isArray(v)) for (const x of v) be.release(x as FloatArray);
+      else if (v instanceof Float32Array || v instanceof Float64Array) be.release(v);
+    }
+  }
 }
 
 /** Communication tags (bytes are counted per tag). */
@@ -185,7 +193,8 @@ export class RankModel {
   private actsFor(B: number, T: number): Acts {
     if (T > this.cfg.model.seqLen) throw new Error(`sequence length ${T} exceeds the model's seqLen ${this.cfg.model.seqLen}`);
     if (!this.acts || this.acts.B !== B || this.acts.T !== T) {
-      this.acts = undefined; // release before allocating the new set
+      this.acts?.release(this.be);
+      this.acts = undefined;
       this.acts = new Acts(this.be, this.cfg, B, T);
     }
     return this.acts;
@@ -384,6 +393,13 @@ export class RankModel {
       shardedSq = buf[0]!;
     }
     return Math.sqrt(shardedSq + replSq);
+  }
+
+  /** Hand a KV cache's buffers back to the backend. */
+  releaseCache(cache: KVCache): void {
+    for (const x of [...cache.k, ...cache.v]) this.be.release(x);
+    for (const sc of cache.scratch.values()) for (const x of Object.values(sc)) this.be.release(x);
+    cache.scratch.clear();
   }
 
   /** A KV cache for incremental decoding of B sequences of up to `maxLen` tokens. */
