@@ -6,6 +6,8 @@ import cliProgress from 'cli-progress';
 export class Progress {
   private bar?: cliProgress.SingleBar;
   private lastLog = 0;
+  private payload = { loss: '-', tps: '-' as string | number };
+  private value = 0;
 
   constructor(
     private readonly total: number,
@@ -22,13 +24,16 @@ export class Progress {
         },
         cliProgress.Presets.shades_classic,
       );
-      this.bar.start(total, start, { loss: '-', tps: '-' });
+      this.value = start;
+      this.bar.start(total, start, this.payload);
     }
   }
 
   update(step: number, loss: number, tokensPerS: number): void {
     if (this.bar) {
-      this.bar.update(step, { loss: loss.toFixed(4), tps: Math.round(tokensPerS) });
+      this.payload = { loss: loss.toFixed(4), tps: Math.round(tokensPerS) };
+      this.value = step;
+      this.bar.update(step, this.payload);
       return;
     }
     const now = Date.now();
@@ -43,8 +48,7 @@ export class Progress {
     if (this.bar) {
       this.bar.stop();
       this.stream.write(`${msg}\n`);
-      const cur = (this.bar as unknown as { value: number }).value;
-      this.bar.start(this.total, cur);
+      this.bar.start(this.total, this.value, this.payload);
     } else {
       this.stream.write(`${msg}\n`);
     }
