@@ -17,12 +17,14 @@ const parallelOptions = (c: Command): Command =>
     .option('--tp <n>', 'tensor-parallel degree N (logical ranks)')
     .option('--p <fraction>', 'fraction of hidden channels all-reduced after each row-parallel layer (0..1)')
     .option('--private-scale <kind>', 'scale of private channels: sqrt (sqrt(N)) or none')
-    .option('--backend <name>', 'compute backend: native, wasm, js or auto (default: CAAT_BACKEND, else fastest)');
+    .option('--backend <name>', 'compute backend: native, wasm, js or auto (default: CAAT_BACKEND, else fastest)')
+    .option('--transport <kind>', 'tcp (one rank per process, under caat launch/torchrun/mpirun/srun), threads or virtual (default: tcp under a launcher)')
+    .option('--comm-timeout <seconds>', 'processes: fail when a rank does not answer a collective or the rendezvous within this time (default 30)');
 
 parallelOptions(
   program
     .command('train')
-    .description('train a model (defaults: a ~1.9M-parameter model on the built-in English corpus)')
+    .description('train a model (defaults: a ~1.8M-parameter model on the built-in English corpus)')
     .option('--config <file>', 'JSON config: {"model": {...}, "parallel": {...}, "train": {...}, "data": {...}}')
     .option('--out <dir>', 'run folder to create (default: runs/<timestamp>)')
     .option('--resume <dir>', 'continue the run in this folder from its latest checkpoint')
@@ -35,7 +37,7 @@ parallelOptions(
     .option('--kv-heads <n>', 'key/value heads (default 4)')
     .option('--ffn <n>', 'SwiGLU width (default 384)')
     .option('--seq-len <n>', 'sequence length (default 128)')
-    .option('--steps <n>', 'optimiser steps (default 600)')
+    .option('--steps <n>', 'optimiser steps (default 1000)')
     .option('--batch-size <n>', 'sequences per micro-batch (default 16)')
     .option('--grad-accum <n>', 'micro-batches per step (default 1)')
     .option('--lr <x>', 'peak learning rate (default 3e-3)')
@@ -45,7 +47,7 @@ parallelOptions(
     .option('--clip <x>', 'gradient-norm clipping, 0 = off (default 1)')
     .option('--eval-every <n>', 'validate every n steps (default 100)')
     .option('--eval-batches <n>', 'validation batches (default 8)')
-    .option('--ckpt-every <n>', 'checkpoint every n steps (default 200)')
+    .option('--ckpt-every <n>', 'checkpoint every n steps (default 250)')
     .option('--seed <n>', 'seed of the weights and data order (default 1234)')
     .option('--workers <m>', 'worker threads hosting the ranks (must divide --tp; 0 = all ranks in the main thread)')
     .option('--cache-dir <dir>', 'token cache folder (default .cache/caatnet)'),
@@ -82,7 +84,20 @@ program
   .option('--workers <m>', 'run the ranks on m worker threads (default: virtual ranks in this thread)')
   .option('--backend <name>', 'compute backend')
   .option('--json', 'print one JSON object')
+  .option('--transport <kind>', 'tcp (one rank per process, under a launcher), threads or virtual')
+  .option('--comm-timeout <seconds>', 'processes: collective and rendezvous timeout (default 30)')
   .action(async (opts) => runCli(async () => (await import('./gradcheck.js')).gradcheckCommand(opts)));
+
+program
+  .command('launch')
+  .description('start N local processes of a caat command, one TP rank each over TCP: caat launch --nproc 2 -- train --tp 2')
+  .requiredOption('--nproc <n>', 'number of processes (ranks)')
+  .option('--master-addr <addr>', 'address rank 0 listens on', '127.0.0.1')
+  .option('--master-port <port>', 'port rank 0 listens on (default: a free port)')
+  .option('--exec', 'the command is an executable, not a caat subcommand')
+  .argument('<command...>', 'after "--": the caat subcommand and its arguments')
+  .allowUnknownOption()
+  .action(async (args: string[], opts) => runCli(async () => (await import('./launch.js')).launchCommand(args, opts)));
 
 const bench = program.command('bench').description('benchmarks (machine-readable with --json)');
 bench
@@ -111,5 +126,13 @@ bench
   .option('--backend <name>', 'compute backend (default: the fastest available)')
   .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '4')
   .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTpCommand(opts)));
+
+bench
+  .command('comm')
+  .description('all-reduce latency (4 KiB) and bandwidth (1 MiB, 16 MiB) between 2 ranks: threads, tcp, mpi')
+  .option('--json', 'one JSON object per line')
+  .option('--transport <names>', 'comma-separated transports to measure: threads, tcp, mpi (default: all available)')
+  .option('--repeats <n>', 'timed repeats per size (median reported; default 400 / 60 / 15)')
+  .action(async (opts) => runCli(async () => (await import('../bench/comm.js')).benchCommCommand(opts)));
 
 await program.parseAsync(process.argv);

@@ -10,7 +10,7 @@ import { parseTrainConfig } from '../train/config.js';
 import { train, type RunSpec } from '../train/trainer.js';
 import { UserError } from './run.js';
 
-/** The default model: ~1.9M parameters with the default 4096-token BPE. */
+/** The default model: ~1.8M parameters with the default 4096-token BPE. */
 export const DEFAULT_MODEL = { hidden: 128, layers: 4, heads: 8, kvHeads: 4, ffn: 384, seqLen: 128 };
 
 const FileSchema = z
@@ -64,6 +64,8 @@ export interface TrainFlags {
   workers?: string;
   backend?: string;
   cacheDir?: string;
+  transport?: string;
+  commTimeout?: string;
 }
 
 /** Parse a numeric flag strictly: "--lr abc" is an error naming the flag. */
@@ -154,9 +156,14 @@ export function buildRunSpec(f: TrainFlags): RunSpec {
 }
 
 export async function trainCommand(f: TrainFlags): Promise<void> {
+  // Under a launcher (caat launch, torchrun-style variables, mpirun, srun): one rank per process.
+  const { processMode } = await import('../train/process-host.js');
+  const mode = processMode(f.transport, f.commTimeout);
+  if (mode === 'idle') return;
   const spec = buildRunSpec(f);
+  if (f.transport === 'virtual') spec.workers = 0;
   // Validate the model/parallel combination before touching any data (the vocab is checked later).
   const { resolveConfig } = await import('../model/config.js');
   resolveConfig({ ...spec.model, vocab: 1 * (Number(spec.parallel.tp ?? 1)) }, spec.parallel, f.config ?? 'command line');
-  await train(spec, { runDir: f.out, resume: f.resume });
+  await train(spec, { runDir: f.out, resume: f.resume, ...(mode ? { process: mode } : {}) });
 }
