@@ -48,6 +48,7 @@ parallelOptions(
     .option('--eval-every <n>', 'validate every n steps (default 100)')
     .option('--eval-batches <n>', 'validation batches (default 8)')
     .option('--ckpt-every <n>', 'checkpoint every n steps (default 250)')
+    .option('--keep-checkpoints <n>', 'complete checkpoints to keep, 0 = all (default 3)')
     .option('--seed <n>', 'seed of the weights and data order (default 1234)')
     .option('--workers <m>', 'worker threads hosting the ranks (must divide --tp; 0 = all ranks in the main thread)')
     .option('--cache-dir <dir>', 'token cache folder (default .cache/caatnet)'),

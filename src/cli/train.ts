@@ -57,6 +57,7 @@ export interface TrainFlags {
   evalEvery?: string;
   evalBatches?: string;
   ckptEvery?: string;
+  keepCheckpoints?: string;
   seed?: string;
   tp?: string;
   p?: string;
@@ -128,6 +129,7 @@ export function buildRunSpec(f: TrainFlags): RunSpec {
         evalEvery: num('eval-every', f.evalEvery),
         evalBatches: num('eval-batches', f.evalBatches),
         ckptEvery: num('ckpt-every', f.ckptEvery),
+        keepCheckpoints: num('keep-checkpoints', f.keepCheckpoints),
         seed: num('seed', f.seed),
       }),
       ...(f.seqLen !== undefined ? { seqLen: num('seq-len', f.seqLen) } : {}),

@@ -125,6 +125,24 @@ export function writeCheckpoint(
   return finalDir;
 }
 
+/**
+ * Remove what an interrupted writer left behind (temporary checkpoint folders) and all but the newest
+ * `keep` complete checkpoints. The checkpoint named by `latest` is always kept.
+ */
+export function pruneCheckpoints(runDir: string, keep: number): void {
+  const ckRoot = path.join(runDir, 'checkpoints');
+  if (!fs.existsSync(ckRoot)) return;
+  const latestFile = path.join(runDir, 'latest');
+  const latest = fs.existsSync(latestFile) ? fs.readFileSync(latestFile, 'utf8').trim() : '';
+  const entries = fs.readdirSync(ckRoot);
+  for (const e of entries) if (e.startsWith('.tmp-')) fs.rmSync(path.join(ckRoot, e), { recursive: true, force: true });
+  if (keep <= 0) return;
+  const complete = entries.filter((e) => /^step-\d{8}$/.test(e)).sort();
+  for (const e of complete.slice(0, Math.max(0, complete.length - keep))) {
+    if (e !== latest) fs.rmSync(path.join(ckRoot, e), { recursive: true, force: true });
+  }
+}
+
 /** Resolve a run folder (its latest checkpoint) or a checkpoint folder to the checkpoint folder. */
 export function resolveCheckpointDir(p: string): string {
   if (!fs.existsSync(p)) throw new CheckpointError(p, 'no such run or checkpoint folder');

@@ -30,6 +30,8 @@ export const TrainConfigSchema = z
     evalBatches: z.number().int().positive().default(8),
     /** Checkpoint every this many steps (0: only at the end). */
     ckptEvery: z.number().int().nonnegative().default(250),
+    /** Complete checkpoints kept in the run folder (older ones are deleted; 0 keeps all). */
+    keepCheckpoints: z.number().int().nonnegative().default(3),
     /** Seed of the weights and the data order. */
     seed: z.number().int().nonnegative().default(1234),
   })

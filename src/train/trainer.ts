@@ -11,7 +11,7 @@ import { prepareData, TokenLoader, validationWindows, type LoaderState, type Tok
 import { saveTokenizer, loadTokenizer } from '../data/tokenizers.js';
 import type { Tokenizer } from '../data/tokenizer.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { loadCheckpoint, writeCheckpoint, type FullTensors } from '../io/checkpoint.js';
+import { loadCheckpoint, pruneCheckpoints, writeCheckpoint, type FullTensors } from '../io/checkpoint.js';
 import { countParams, resolveConfig, type ModelConfigInput, type ResolvedConfig } from '../model/config.js';
 import { placeShard, paramSpecs } from '../model/params.js';
 import { createVirtualGroup } from '../tp/virtual.js';
@@ -154,6 +154,7 @@ export async function train(spec: RunSpec, opts: { runDir?: string; resume?: str
   const metricsPath = path.join(runDir, 'metrics.jsonl');
   const metrics = fs.openSync(metricsPath, 'a');
   const progress = new Progress(spec.train.steps, start.step);
+  pruneCheckpoints(runDir, 0); // temporary folders of an interrupted earlier writer
   const assembler = new ShardAssembler(cfg);
   let finalLoss = NaN;
   let finalValLoss: number | undefined;
@@ -187,6 +188,7 @@ export async function train(spec: RunSpec, opts: { runDir?: string; resume?: str
         progress.note(`checkpoint ${dir}`);
       }
     }
+        pruneCheckpoints(runDir, spec.train.keepCheckpoints);
   };
 
   try {
