@@ -234,6 +234,18 @@ describe('MPI transport under mpirun', { skip: skipReason }, () => {
     assert.match(run.stderr, /rank 1 failed: process exiting with code 3/);
   });
 
+  it('joinMpiGroup: equal configurations join; a differing rank fails every rank, naming it', async () => {
+    const run = await runMpi(3, 'join');
+    assert.equal(run.code, 0, run.stderr);
+    const files = run.files as { sameOk: boolean; error: string }[];
+    assert.equal(files.length, 3);
+    for (const [r, f] of files.entries()) {
+      assert.equal(f.sameOk, true);
+      if (r === 1) assert.equal(f.error, "the configuration of rank 1 differs from rank 0's: seed: 1 (rank 0) vs 2 (rank 1)");
+      else assert.equal(f.error, "the configuration of rank 1 differs from rank 0's");
+    }
+  });
+
   it('a large collective does not block the event loop', async () => {
     const run = await runMpi(2, 'event-loop');
     assert.equal(run.code, 0, run.stderr);

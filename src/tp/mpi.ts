@@ -37,6 +37,7 @@
  * Statistics (bytes and calls by tag, waitMs) follow the Communicator contract (src/tp/comm.ts).
  */
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
@@ -364,6 +365,20 @@ export class MpiCommunicator implements Communicator {
     this.finalizeNow();
   }
 
+  /**
+   * Runs fn. MPI collectives have no timeout of their own (a rank that stops answering stalls the job
+   * until the launcher or the user ends it), so `ms` is accepted for interface parity with the tcp
+   * transport and not enforced.
+   */
+  async withTimeout<T>(_ms: number, fn: () => Promise<T>): Promise<T> {
+    return fn();
+  }
+
+  /** Same as finalize(): the end of this rank's part in the job (tcp transport parity). */
+  close(): Promise<void> {
+    return this.finalize();
+  }
+
   /** Finalize now if nothing is in flight (from the process 'exit' handler); false otherwise. */
   finalizeNow(): boolean {
     if (this.done) return true;
@@ -581,4 +596,70 @@ export function createMpiCommunicator(options: MpiCommunicatorOptions = {}): Mpi
   theCommunicator = comm;
   process.once('exit', (code) => comm.onProcessExit(code));
   return comm;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Joining a job with a configuration check
+// ---------------------------------------------------------------------------------------------------
+
+/** JSON with sorted keys, so that key order never makes configurations differ. */
+function canonicalJson(v: unknown): string {
+  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
+  const o = v as Record<string, unknown>;
+  return `{${Object.keys(o)
+    .filter((k) => o[k] !== undefined)
+    .sort()
+    .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
+    .join(',')}}`;
+}
+
+export interface JoinMpiOptions extends MpiCommunicatorOptions {
+  /**
+   * Describes how two configurations differ, as lines (e.g. configDifference of src/tp/rendezvous.ts);
+   * without it the error names only the ranks.
+   */
+  difference?: (a: unknown, b: unknown, whoA: string, whoB: string) => string[];
+}
+
+/**
+ * createMpiCommunicator, then every rank checks that its `config` (JSON-serialisable) equals rank 0's,
+ * like the tcp rendezvous does: a SHA-256 of the canonical JSON is all-gathered; when some rank
+ * differs, rank 0's configuration is broadcast and every rank rejects with an error naming the
+ * differing ranks (a differing rank also lists the differences). Collective: every rank must call it.
+ */
+export async function joinMpiGroup(config: unknown, options: JoinMpiOptions = {}): Promise<MpiCommunicator> {
+  const comm = createMpiCommunicator(options);
+  const json = canonicalJson(config);
+  const digest = createHash('sha256').update(json).digest();
+  // 6 numbers of 48 bits (exact in float64) cover the 32-byte digest.
+  const mine = new Float64Array(6);
+  for (let i = 0; i < 6; i++) mine[i] = i < 5 ? digest.readUIntBE(i * 6, 6) : digest.readUIntBE(30, 2);
+  const all = new Float64Array(6 * comm.size);
+  await comm.allGather(all, mine, 'join.config');
+  const differing: number[] = [];
+  for (let r = 1; r < comm.size; r++) {
+    for (let i = 0; i < 6; i++) {
+      if (all[r * 6 + i] !== all[i]) {
+        differing.push(r);
+        break;
+      }
+    }
+  }
+  if (differing.length === 0) return comm;
+  // Rank 0's configuration, as bytes (exact in float32).
+  const bytes = Buffer.from(json, 'utf8');
+  const len = Float64Array.of(comm.rank === 0 ? bytes.length : 0);
+  await comm.broadcast(len, 0, 'join.config.len');
+  const body = new Float32Array(len[0]!);
+  if (comm.rank === 0) for (let i = 0; i < bytes.length; i++) body[i] = bytes[i]!;
+  await comm.broadcast(body, 0, 'join.config.body');
+  const ranks = differing.length === 1 ? `rank ${differing[0]}` : `ranks ${differing.join(', ')}`;
+  let message = `the configuration of ${ranks} differs from rank 0's`;
+  if (differing.includes(comm.rank) && options.difference) {
+    const theirs = JSON.parse(Buffer.from(Uint8Array.from(body)).toString('utf8')) as unknown;
+    const lines = options.difference(theirs, JSON.parse(json) as unknown, 'rank 0', `rank ${comm.rank}`);
+    if (lines.length > 0) message += `: ${lines.join('; ')}`;
+  }
+  throw new Error(message);
 }

@@ -10,11 +10,12 @@
  *   abort       rank 1 throws at step 3 and calls comm.abort (the others are blocked in a collective)
  *   exit-code   rank 1 leaves with process.exitCode = 3 while the others wait in a collective
  *   event-loop  rank 1 joins a 32 MiB all-reduce 300 ms late; rank 0 counts event-loop turns meanwhile
+ *   join        joinMpiGroup with equal configurations, then with rank 1's seed different
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createMpiCommunicator } from '../../src/tp/mpi.js';
+import { createMpiCommunicator, joinMpiGroup } from '../../src/tp/mpi.js';
 import { fullSequence } from './mpi-sequence.js';
 
 const [scenario = 'sequence', outDir = '.', seedArg = '1'] = process.argv.slice(2);
@@ -89,6 +90,22 @@ async function main(): Promise<void> {
       const ms = performance.now() - t0;
       spinning = false;
       write({ turns, ms, first: buf[0], last: buf[buf.length - 1] });
+      return;
+    }
+    case 'join': {
+      const difference = (a: unknown, b: unknown, whoA: string, whoB: string): string[] => {
+        const x = a as { seed: number };
+        const y = b as { seed: number };
+        return x.seed === y.seed ? [] : [`seed: ${x.seed} (${whoA}) vs ${y.seed} (${whoB})`];
+      };
+      const same = await joinMpiGroup({ model: { hidden: 64, layers: 2 }, seed: 1 }, { difference });
+      let error = '';
+      try {
+        await joinMpiGroup({ seed: comm.rank === 1 ? 2 : 1, model: { layers: 2, hidden: 64 } }, { difference });
+      } catch (e) {
+        error = (e as Error).message;
+      }
+      write({ sameOk: same === comm, error });
       return;
     }
     default:
