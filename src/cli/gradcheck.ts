@@ -20,6 +20,8 @@ export interface GradcheckFlags {
   workers?: string;
   backend?: string;
   json?: boolean;
+  transport?: string;
+  commTimeout?: string;
 }
 
 export async function gradcheckCommand(f: GradcheckFlags): Promise<void> {
@@ -46,11 +48,18 @@ export async function gradcheckCommand(f: GradcheckFlags): Promise<void> {
   };
   const inp = flat(inputs, 'inputs');
   const tgt = flat(targets, 'targets');
+  // Under a launcher: this process hosts one rank (src/train/process-host.ts); other ranks stay quiet.
+  const { gradcheckProcess, processMode, quietUnlessRankZero } = await import('../train/process-host.js');
+  const mode = processMode(f.transport, f.commTimeout);
+  const launched = mode === 'idle' ? null : mode;
+  if (launched) quietUnlessRankZero(launched);
   const be = selectBackend(f.backend, { quiet: f.json === true });
   const workers = f.workers === undefined ? 0 : Number(f.workers);
   let loss: number;
   let norms: Record<string, number>;
-  if (workers > 0 && cfg.parallel.tp > 1) {
+  if (launched) {
+    ({ loss, norms } = await gradcheckProcess(cfg, be, params, inp, tgt, B, T, launched, { model: f.model, tokens: f.tokens }));
+  } else if (workers > 0 && cfg.parallel.tp > 1) {
     const { gradcheckThreads } = await import('../train/threads-host.js');
     ({ loss, norms } = await gradcheckThreads(cfg, be.name, workers, params, inp, tgt, B, T));
   } else {

@@ -11,6 +11,7 @@ import { loadTokenizer } from '../data/tokenizers.js';
 import { loadCheckpoint } from '../io/checkpoint.js';
 import type { ResolvedConfig } from '../model/config.js';
 import { VirtualModel } from '../model/harness.js';
+import { processModel, processMode, quietUnlessRankZero } from '../train/process-host.js';
 import { mulberry32 } from '../util/random.js';
 import { UserError } from './run.js';
 import { num } from './train.js';
@@ -23,7 +24,11 @@ export interface LoadedRun {
   step: number;
 }
 
-export function loadRun(runDir: string, flags: { backend?: string; tp?: string; p?: string; privateScale?: string }): LoadedRun {
+export function loadRun(runDir: string, flags: { backend?: string; tp?: string; p?: string; privateScale?: string; transport?: string; commTimeout?: string }): LoadedRun {
+  // Under a launcher: this process hosts one rank (src/train/process-host.ts); other ranks stay quiet.
+  const mode = processMode(flags.transport, flags.commTimeout);
+  const launched = mode === 'idle' ? null : mode;
+  if (launched) quietUnlessRankZero(launched);
   if (!fs.existsSync(runDir)) throw new UserError(`${runDir}: no such run folder`);
   const tpOverride = num('tp', flags.tp);
   const ck = loadCheckpoint(runDir, tpOverride === undefined ? {} : { tpOverride });
@@ -36,7 +41,7 @@ export function loadRun(runDir: string, flags: { backend?: string; tp?: string; 
   }
   const tokenizer = loadTokenizer(path.join(runDir, 'tokenizer.json'));
   const be = selectBackend(flags.backend);
-  const vm = new VirtualModel(ck.cfg, be);
+  const vm = launched ? processModel(ck.cfg, be, launched, { run: runDir, step: ck.state.step, flags }) : new VirtualModel(ck.cfg, be);
   for (const m of vm.ranks) m.loadFull((s) => ck.params.get(s.name)!);
   return { runDir, cfg: ck.cfg, vm, tokenizer, step: ck.state.step };
 }
@@ -92,6 +97,8 @@ export interface GenerateFlags {
   tp?: string;
   p?: string;
   privateScale?: string;
+  transport?: string;
+  commTimeout?: string;
 }
 
 export async function generateCommand(f: GenerateFlags): Promise<void> {
@@ -139,6 +146,8 @@ export interface EvalFlags {
   tp?: string;
   p?: string;
   privateScale?: string;
+  transport?: string;
+  commTimeout?: string;
 }
 
 export async function evalCommand(f: EvalFlags): Promise<void> {

@@ -17,6 +17,7 @@ import { placeShard, paramSpecs } from '../model/params.js';
 import { createVirtualGroup } from '../tp/virtual.js';
 import type { TrainConfig } from './config.js';
 import { createRankStates, runHost, type Batch, type BatchSource, type HostEvent, type ShardEvent, type StartState } from './loop.js';
+import type { ProcessLaunch } from './process-host.js';
 import { Progress } from './progress.js';
 
 export interface RunSpec {
@@ -109,7 +110,9 @@ function log(msg: string): void {
 }
 
 /** Start a new run (or resume one) and train to `train.steps`. */
-export async function train(spec: RunSpec, opts: { runDir?: string; resume?: string } = {}): Promise<TrainResult> {
+export async function train(spec: RunSpec, opts: { runDir?: string; resume?: string; process?: ProcessLaunch } = {}): Promise<TrainResult> {
+  // Started by a launcher: this process is one rank of a group over TCP (src/train/process-host.ts).
+  if (opts.process) return (await import('./process-host.js')).trainProcess(spec, opts, opts.process);
   const t0 = performance.now();
   let runDir: string;
   let start: StartState = { step: 0, tokensSeen: 0 };

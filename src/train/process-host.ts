@@ -1,0 +1,494 @@
+/**
+ * Process mode: this process is one rank of a TP group whose ranks are separate processes (started by
+ * `caat launch`, torchrun-style variables, mpirun or srun; see src/launch/env.ts), connected by the TCP
+ * transport.
+ *
+ * - One logical rank per process: the world size must equal the TP degree.
+ * - Every rank presents a digest of its configuration at the rendezvous (model, parallel, training
+ *   and data settings, the command, and the compute backend: replicated parameters stay bitwise equal
+ *   across ranks only if every rank computes with the same kernels); a rank that differs is refused
+ *   with the difference.
+ * - Training: every rank prepares the data itself (deterministic; token cache and tokenizer files are
+ *   written atomically, so concurrent processes are safe) and checks that its tokens equal rank 0's.
+ *   Only rank 0 writes the run folder (run.json, tokenizer.json, metrics.jsonl, checkpoints) and prints
+ *   progress; the other ranks print nothing but errors. Checkpoints are assembled by all-gathering
+ *   every sharded tensor (parameters and AdamW moments) to the ranks; replicated tensors are equal on
+ *   every rank and taken from rank 0. The checkpoint format is the one every other placement writes,
+ *   so a run can be resumed in any placement of the same TP degree.
+ * - Waiting: collectives time out after --comm-timeout seconds (naming the rank that does not answer);
+ *   the waits around data preparation and checkpoint writing, which only one rank may be busy with,
+ *   allow max(10 × the timeout, 10 minutes). A rank that dies is noticed at once (its connections
+ *   close).
+ * - generate / eval / gradcheck: the same rendezvous; `ProcessModel` stands in for VirtualModel with
+ *   only this process's rank; ranks other than 0 discard their standard output and print only errors.
+ */
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { selectBackend } from '../backend/index.js';
+import type { Backend, FloatArray } from '../backend/types.js';
+import { UserError } from '../cli/run.js';
+import { prepareData } from '../data/dataset.js';
+import type { Tokenizer } from '../data/tokenizer.js';
+import { loadTokenizer, saveTokenizer } from '../data/tokenizers.js';
+import { writeFileAtomic } from '../io/atomic.js';
+import { loadCheckpoint, pruneCheckpoints, writeCheckpoint, type FullTensors } from '../io/checkpoint.js';
+import { detectLaunch, type LaunchInfo } from '../launch/env.js';
+import { countParams, resolveConfig, type ResolvedConfig } from '../model/config.js';
+import type { VirtualModel } from '../model/harness.js';
+import { RankModel } from '../model/model.js';
+import { paramSpecs, placeShard } from '../model/params.js';
+import type { CommStats, Communicator, ReduceOp } from '../tp/comm.js';
+import { rendezvous } from '../tp/rendezvous.js';
+import type { TcpCommunicator } from '../tp/tcp.js';
+import { createRankStates, runHost, type HostEvent, type ShardEvent, type StartState } from './loop.js';
+import { Progress } from './progress.js';
+import { makeBatchSource, makeValBatches, stepRecord, type RunSpec, type TrainResult } from './trainer.js';
+
+/** This process's place in a multi-process job, and how long to wait for the others. */
+export interface ProcessLaunch {
+  launch: LaunchInfo;
+  /** Collective and rendezvous timeout in milliseconds. */
+  timeoutMs: number;
+}
+
+export const DEFAULT_COMM_TIMEOUT_S = 30;
+
+/**
+ * How this process takes part, from the launcher variables and --transport:
+ * - a ProcessLaunch: host one rank over TCP (a launcher with world size > 1 and no --transport, or
+ *   --transport tcp);
+ * - 'idle': a launcher started several processes but --transport threads|virtual asks for every rank
+ *   inside one process: rank 0 runs the whole job, the others have nothing to do (train only);
+ * - null: the ordinary single-process placement.
+ */
+export function processMode(transport: string | undefined, commTimeout: string | undefined, env: Record<string, string | undefined> = process.env): ProcessLaunch | 'idle' | null {
+  if (transport !== undefined && !['tcp', 'threads', 'virtual'].includes(transport)) {
+    throw new UserError(`--transport must be tcp, threads or virtual, got ${JSON.stringify(transport)}`);
+  }
+  let timeoutS = DEFAULT_COMM_TIMEOUT_S;
+  if (commTimeout !== undefined) {
+    timeoutS = Number(commTimeout);
+    if (commTimeout.trim() === '' || !Number.isFinite(timeoutS) || timeoutS <= 0) throw new UserError(`--comm-timeout: expected a positive number of seconds, got ${JSON.stringify(commTimeout)}`);
+  }
+  let launch: LaunchInfo | null;
+  try {
+    launch = detectLaunch(env);
+  } catch (e) {
+    throw new UserError(`launcher environment: ${(e as Error).message}`);
+  }
+  if (transport === 'tcp') {
+    if (!launch) {
+      throw new UserError(
+        '--transport tcp needs a launcher: start the ranks with "caat launch --nproc N -- <command>", torchrun-style variables ' +
+          '(RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), mpirun or srun',
+      );
+    }
+    return { launch, timeoutMs: timeoutS * 1000 };
+  }
+  if (!launch || launch.worldSize === 1) return null;
+  if (transport === undefined) return { launch, timeoutMs: timeoutS * 1000 };
+  return launch.rank === 0 ? null : 'idle';
+}
+
+function checkWorld(p: ProcessLaunch, tp: number): void {
+  const W = p.launch.worldSize;
+  if (W !== tp) {
+    throw new UserError(
+      `the ${p.launch.launcher} launch has ${W} process${W === 1 ? '' : 'es'} but the TP degree is ${tp}: process mode hosts one rank per process, ` +
+        `so start ${tp} processes (e.g. caat launch --nproc ${tp} -- ...), or run every rank in one process with --transport threads or virtual`,
+    );
+  }
+}
+
+/** Join the TCP group of this launch, presenting `config`. */
+export async function joinGroup(p: ProcessLaunch, config: unknown, log?: (m: string) => void): Promise<TcpCommunicator> {
+  const l = p.launch;
+  return rendezvous({
+    rank: l.rank,
+    size: l.worldSize,
+    masterAddr: l.masterAddr,
+    masterPort: l.masterPort,
+    token: l.token,
+    tokenLabel: l.tokenLabel,
+    config,
+    timeoutMs: p.timeoutMs,
+    ...(log ? { log } : {}),
+  });
+}
+
+/** The long wait used where one rank alone may be busy (data preparation, checkpoint writing). */
+function longWaitMs(p: ProcessLaunch): number {
+  return Math.max(10 * p.timeoutMs, 600_000);
+}
+
+/** After a failure, make sure the process ends even if some handle lingers. */
+function exitSoon(): void {
+  setTimeout(() => process.exit(process.exitCode && process.exitCode !== 0 ? process.exitCode : 1), 5000).unref();
+}
+
+/**
+ * Ranks other than 0 print only errors: their standard output is discarded (it would repeat rank 0's)
+ * and only "caat: error…" lines reach standard error.
+ */
+export function quietUnlessRankZero(p: ProcessLaunch): void {
+  if (p.launch.rank === 0) return;
+  const err = process.stderr.write.bind(process.stderr) as (chunk: unknown, ...rest: unknown[]) => boolean;
+  const drop = (...args: unknown[]): boolean => {
+    const cb = args.find((a) => typeof a === 'function') as (() => void) | undefined;
+    if (cb) process.nextTick(cb);
+    return true;
+  };
+  process.stdout.write = drop as typeof process.stdout.write;
+  process.stderr.write = ((chunk: unknown, ...rest: unknown[]): boolean => {
+    const s = typeof chunk === 'string' ? chunk : Buffer.from(chunk as Uint8Array).toString('utf8');
+    if (s.startsWith('caat: error')) return err(chunk, ...rest);
+    return drop(...rest);
+  }) as typeof process.stderr.write;
+}
+
+function tokenDigest(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  const h = createHash('sha256');
+  for (const t of [a, b]) {
+    const v = t as unknown as ArrayBufferView;
+    h.update(new Uint8Array(v.buffer, v.byteOffset, v.byteLength));
+    h.update(String(t.length));
+  }
+  // 48 bits: exactly representable in a float64.
+  return h.digest().readUIntBE(0, 6);
+}
+
+/** Every rank's value of one number, gathered to all ranks (float64). */
+async function gatherNumber(comm: Communicator, x: number, tag: string): Promise<Float64Array> {
+  const out = new Float64Array(comm.size);
+  await comm.allGather(out, Float64Array.of(x), tag);
+  return out;
+}
+
+/**
+ * Assemble full logical tensors from every rank's shards: sharded tensors are all-gathered, replicated
+ * ones are taken from this rank. Collective: every rank must call it with its own shard event.
+ */
+async function assembleShards(comm: Communicator, cfg: ResolvedConfig, e: ShardEvent): Promise<FullTensors> {
+  const N = comm.size;
+  const full: FullTensors = { params: new Map(), m: new Map(), v: new Map() };
+  for (const spec of paramSpecs(cfg)) {
+    const n = spec.shape.reduce((a, b) => a * b, 1);
+    for (const kind of ['params', 'm', 'v'] as const) {
+      const shard = e[kind][spec.name]!;
+      if (spec.shard === null) {
+        full[kind].set(spec.name, Float32Array.from(shard));
+        continue;
+      }
+      const gathered = new Float32Array(N * shard.length);
+      await comm.allGather(gathered, shard, `ckpt.${kind}`);
+      const out = new Float32Array(n);
+      for (let r = 0; r < N; r++) placeShard(spec, gathered.subarray(r * shard.length, (r + 1) * shard.length), N, r, out);
+      full[kind].set(spec.name, out);
+    }
+  }
+  return full;
+}
+
+/** `caat train` as one rank of a multi-process job (called by train() in trainer.ts). */
+export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resume?: string }, p: ProcessLaunch): Promise<TrainResult> {
+  const t0 = performance.now();
+  const lead = p.launch.rank === 0;
+  const log = (msg: string): void => {
+    if (lead) process.stderr.write(`${msg}\n`);
+  };
+  checkWorld(p, Number(spec.parallel['tp'] ?? 1));
+  const be = selectBackend(spec.backend, { quiet: !lead });
+  const config = {
+    command: 'train',
+    model: spec.model,
+    parallel: spec.parallel,
+    train: spec.train,
+    data: spec.data,
+    backend: be.name,
+    out: opts.runDir ?? null,
+    resume: opts.resume ?? null,
+  };
+  log(`${p.launch.launcher}: rank 0 of ${p.launch.worldSize} processes, rendezvous on ${p.launch.masterAddr}:${p.launch.masterPort}`);
+  let comm: TcpCommunicator;
+  try {
+    comm = await joinGroup(p, config, lead ? undefined : () => {});
+  } catch (e) {
+    exitSoon();
+    throw e;
+  }
+  let metrics: number | undefined;
+  let progress: Progress | undefined;
+  let pendingStep: Record<string, unknown> | undefined;
+  const flushStep = (): void => {
+    if (pendingStep && metrics !== undefined) fs.writeSync(metrics, `${JSON.stringify(pendingStep)}\n`);
+    pendingStep = undefined;
+  };
+  try {
+    let runDir: string;
+    let start: StartState = { step: 0, tokensSeen: 0 };
+    let tokenizer: Tokenizer | undefined;
+    if (opts.resume) {
+      runDir = opts.resume;
+      const ck = loadCheckpoint(runDir);
+      start = { step: ck.state.step, tokensSeen: ck.state.tokensSeen, loader: ck.state.loader, params: ck.params, m: ck.m, v: ck.v };
+      tokenizer = loadTokenizer(path.join(runDir, 'tokenizer.json'));
+      log(`resuming ${runDir} from ${path.basename(ck.dir)} (step ${ck.state.step})`);
+    } else {
+      runDir = opts.runDir ?? path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace('Z', ''));
+      if (lead) {
+        if (fs.existsSync(path.join(runDir, 'latest'))) {
+          throw new UserError(`${runDir} already holds a run; use --resume ${runDir} to continue it, or choose another --out`);
+        }
+        fs.mkdirSync(runDir, { recursive: true });
+      }
+    }
+    const data = prepareData({
+      corpus: spec.data.corpus,
+      tokenizer: tokenizer ?? spec.data.tokenizer,
+      vocabSize: spec.data.vocabSize,
+      valFraction: spec.data.valFraction,
+      cacheDir: spec.data.cacheDir,
+      log,
+    });
+    tokenizer = data.tokenizer;
+    // Every rank must train on the same tokens; preparing them may take one rank much longer.
+    const digests = await comm.withTimeout(longWaitMs(p), () => gatherNumber(comm, tokenDigest(data.train.tokens, data.val.tokens), 'data.digest'));
+    if (digests[comm.rank] !== digests[0]) {
+      throw new Error(`the tokenised data on rank ${comm.rank} differs from rank 0's (different corpus files, tokenizer or cache on this host?)`);
+    }
+    const cfg = resolveConfig({ ...spec.model, vocab: tokenizer.vocabSize }, spec.parallel, 'model config');
+    if (spec.train.seqLen > cfg.model.seqLen) throw new Error(`train seqLen ${spec.train.seqLen} exceeds the model's seqLen ${cfg.model.seqLen}`);
+    for (const n of cfg.notes) log(`note: ${n}`);
+    if (lead && !opts.resume) {
+      saveTokenizer(path.join(runDir, 'tokenizer.json'), tokenizer);
+      writeFileAtomic(path.join(runDir, 'run.json'), `${JSON.stringify({ ...spec, model: cfg.model, parallel: cfg.parallel, shared: cfg.shared }, null, 2)}\n`);
+    }
+    log(
+      `model: ${(countParams(cfg) / 1e6).toFixed(2)}M parameters (h ${cfg.model.hidden}, L ${cfg.model.layers}, heads ${cfg.model.heads}/${cfg.model.kvHeads}, F ${cfg.model.ffn}, V ${cfg.vocab}); ` +
+        `TP ${cfg.parallel.tp} on ${p.launch.worldSize} processes over TCP, p ${cfg.parallel.p} (shared ${cfg.shared}/${cfg.model.hidden}), private scale ${cfg.parallel.privateScale}; ` +
+        `train ${data.train.tokens.length} tokens, val ${data.val.tokens.length} tokens`,
+    );
+    if (lead) {
+      pruneCheckpoints(runDir, 0); // temporary folders of an interrupted earlier writer
+      metrics = fs.openSync(path.join(runDir, 'metrics.jsonl'), 'a');
+      progress = new Progress(spec.train.steps, start.step);
+    }
+    let finalLoss = NaN;
+    let finalValLoss: number | undefined;
+    const onEvent = async (e: HostEvent): Promise<void> => {
+      if (e.type === 'step') {
+        flushStep();
+        finalLoss = e.loss;
+        pendingStep = stepRecord(e, cfg);
+        progress?.update(e.step, e.loss, e.tokens / (e.ms / 1000));
+      } else if (e.type === 'eval') {
+        finalValLoss = e.valLoss;
+        if (pendingStep && pendingStep['step'] === e.step) {
+          pendingStep['val_loss'] = e.valLoss;
+          pendingStep['val_ppl'] = Math.exp(e.valLoss);
+        }
+        progress?.note(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)} (perplexity ${Math.exp(e.valLoss).toFixed(2)})`);
+      } else {
+        const full = await assembleShards(comm, cfg, e);
+        if (lead) {
+          flushStep();
+          const dir = writeCheckpoint(runDir, cfg, full, { step: e.step, tokensSeen: e.tokensSeen, loader: e.loader, train: spec.train as unknown as Record<string, unknown> });
+          pruneCheckpoints(runDir, spec.train.keepCheckpoints);
+          progress?.note(`checkpoint ${dir}`);
+        }
+        // The other ranks wait here while rank 0 writes (it may take longer than a collective).
+        await comm.withTimeout(longWaitMs(p), () => comm.barrier('ckpt.written'));
+      }
+    };
+    const ranks = createRankStates(cfg, spec.train, be, [comm], start);
+    await runHost({ ranks, train: spec.train, data: makeBatchSource(data.train.tokens, spec.train), val: makeValBatches(data.val.tokens, spec.train), start, emit: onEvent });
+    flushStep();
+    const seconds = (performance.now() - t0) / 1000;
+    progress?.stop();
+    log(`done: ${spec.train.steps} steps in ${seconds.toFixed(1)} s; final train loss ${finalLoss.toFixed(4)}${finalValLoss !== undefined ? `, validation loss ${finalValLoss.toFixed(4)}` : ''}; run folder ${runDir}`);
+    return { runDir, finalLoss, finalValLoss, steps: spec.train.steps, seconds };
+  } catch (e) {
+    comm.abort(e);
+    exitSoon();
+    throw e;
+  } finally {
+    flushStep();
+    if (metrics !== undefined) fs.closeSync(metrics);
+    progress?.stop();
+    await comm.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// generate / eval / gradcheck
+// ---------------------------------------------------------------------------------------------------
+
+/**
+ * A Communicator whose rank and size are known at once while the connections are still being made:
+ * calls wait for the rendezvous (in order), so a model can be built synchronously.
+ */
+class PendingComm implements Communicator {
+  readonly transport = 'tcp';
+  private comm: TcpCommunicator | null = null;
+  private error: unknown = null;
+  private readonly ready: Promise<TcpCommunicator>;
+
+  constructor(
+    readonly rank: number,
+    readonly size: number,
+    connect: () => Promise<TcpCommunicator>,
+  ) {
+    this.ready = connect().then(
+      (c) => {
+        this.comm = c;
+        c.closeOnExit();
+        return c;
+      },
+      (e: unknown) => {
+        this.error = e;
+        exitSoon();
+        throw e;
+      },
+    );
+    this.ready.catch(() => {});
+  }
+
+  private via(fn: (c: TcpCommunicator) => Promise<void>): Promise<void> {
+    return this.comm ? fn(this.comm) : this.ready.then(fn);
+  }
+
+  allReduce(buf: FloatArray, op: ReduceOp, tag: string, offset?: number, length?: number): Promise<void> {
+    return this.via((c) => c.allReduce(buf, op, tag, offset, length));
+  }
+  reduceScatter(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
+    return this.via((c) => c.reduceScatter(out, inp, tag, n));
+  }
+  allGather(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
+    return this.via((c) => c.allGather(out, inp, tag, n));
+  }
+  broadcast(buf: FloatArray, root: number, tag: string, offset?: number, length?: number): Promise<void> {
+    return this.via((c) => c.broadcast(buf, root, tag, offset, length));
+  }
+  barrier(tag?: string): Promise<void> {
+    return this.via((c) => c.barrier(tag));
+  }
+  stats(): CommStats {
+    return this.comm ? this.comm.stats() : { bytes: new Map(), calls: new Map(), waitMs: 0 };
+  }
+  resetStats(): void {
+    this.comm?.resetStats();
+  }
+  abort(error: unknown): void {
+    if (this.comm) this.comm.abort(error);
+    else if (!this.error) void this.ready.then((c) => c.abort(error), () => {});
+    exitSoon();
+  }
+}
+
+/**
+ * VirtualModel's interface with only this process's rank: `all(fn)` runs fn on it (index 0) and
+ * returns [its value]; the other ranks run the same call in their processes.
+ */
+export class ProcessModel {
+  readonly comms: Communicator[];
+  readonly ranks: RankModel[];
+
+  constructor(
+    readonly cfg: ResolvedConfig,
+    readonly be: Backend,
+    comm: Communicator,
+  ) {
+    this.comms = [comm];
+    this.ranks = [new RankModel(cfg, be, comm)];
+  }
+
+  async all<T>(fn: (m: RankModel, r: number) => Promise<T>): Promise<T[]> {
+    try {
+      return [await fn(this.ranks[0]!, 0)];
+    } catch (e) {
+      this.comms[0]!.abort(e);
+      throw e;
+    }
+  }
+
+  async lossAndGrads(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
+    const [loss] = await this.all(async (m) => {
+      m.zeroGrad();
+      const l = await m.forward(inputs, targets, B, T);
+      await m.backward(inputs, targets, 1 / (B * T));
+      await m.finalizeGrads();
+      return l;
+    });
+    return loss!;
+  }
+
+  full(): FloatArray {
+    throw new Error('ProcessModel.full: full tensors need a collective; use gatherFull');
+  }
+
+  /** Collective: the full logical tensor of a parameter set, on every rank. */
+  async gatherFull(kind: 'params' | 'grads', name: string): Promise<Float32Array> {
+    const m = this.ranks[0]!;
+    const spec = m.specs.find((s) => s.name === name);
+    if (!spec) throw new Error(`no parameter named ${name}`);
+    const local = Float32Array.from((kind === 'params' ? m.params : m.grads).get(name));
+    const n = spec.shape.reduce((a, b) => a * b, 1);
+    if (spec.shard === null) return local;
+    const N = m.N;
+    const gathered = new Float32Array(N * local.length);
+    await this.comms[0]!.allGather(gathered, local, `gather.${kind}`);
+    const out = new Float32Array(n);
+    for (let r = 0; r < N; r++) placeShard(spec, gathered.subarray(r * local.length, (r + 1) * local.length), N, r, out);
+    return out;
+  }
+}
+
+/**
+ * The model of `caat generate` / `caat eval` under a launcher: this process's rank of the checkpoint,
+ * joined to the others lazily (the first collective waits for the rendezvous). `config` is what every
+ * rank must agree on (run folder, checkpoint step, command flags).
+ */
+export function processModel(cfg: ResolvedConfig, be: Backend, p: ProcessLaunch, config: unknown): VirtualModel {
+  checkWorld(p, cfg.parallel.tp);
+  const comm = new PendingComm(p.launch.rank, p.launch.worldSize, () => joinGroup(p, { ...(config as object), backend: be.name }, p.launch.rank === 0 ? undefined : () => {}));
+  return new ProcessModel(cfg, be, comm) as unknown as VirtualModel;
+}
+
+/**
+ * `caat gradcheck` under a launcher: this rank's forward and backward; the full gradients are
+ * all-gathered and their norms computed exactly as the single-process command does.
+ */
+export async function gradcheckProcess(
+  cfg: ResolvedConfig,
+  be: Backend,
+  params: Map<string, Float32Array>,
+  inputs: Int32Array,
+  targets: Int32Array,
+  B: number,
+  T: number,
+  p: ProcessLaunch,
+  config: unknown,
+): Promise<{ loss: number; norms: Record<string, number> }> {
+  checkWorld(p, cfg.parallel.tp);
+  const comm = await joinGroup(p, { command: 'gradcheck', ...(config as object), backend: be.name }, p.launch.rank === 0 ? undefined : () => {});
+  try {
+    const pm = new ProcessModel(cfg, be, comm);
+    pm.ranks[0]!.loadFull((s) => params.get(s.name)!);
+    const loss = await pm.lossAndGrads(inputs, targets, B, T);
+    const norms: Record<string, number> = {};
+    for (const spec of pm.ranks[0]!.specs) {
+      const g = await pm.gatherFull('grads', spec.name);
+      let s = 0;
+      for (let i = 0; i < g.length; i++) s += g[i]! * g[i]!;
+      norms[spec.name] = Math.sqrt(s);
+    }
+    return { loss, norms };
+  } catch (e) {
+    comm.abort(e);
+    exitSoon();
+    throw e;
+  } finally {
+    await comm.close();
+  }
+}
