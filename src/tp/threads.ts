@@ -45,8 +45,8 @@
  * The barrier is a generation barrier (count + generation word): the last arriver resets the count,
  * bumps the generation and notifies; the others poll the generation for an adaptive budget (up to
  * `spinUs`, 50 µs by default when workers do not outnumber cores: a futex wake-up costs ~20-40 µs;
- * halved after every poll in vain, down to 2 µs, so workers sharing a core with the one they wait for
- * stop starving it), then Atomics.wait in 10 ms slices, re-checking the abort word after every slice.
+ * halved after every poll in vain, down to 20 µs, doubled after a successful one, so workers sharing
+ * a core with the one they wait for do not starve it for long), then Atomics.wait in 10 ms slices, re-checking the abort word after every slice.
  *
  * ABORT. A rank's failure (abort(), or run's fn throwing) sets the abort word with its rank and message
  * (first writer wins, by compare-and-exchange) and notifies every waiter: workers blocked in a barrier
@@ -86,7 +86,7 @@ const HDR_INTS = 32; // 8 fields + 96 tag bytes
 const HDR_TAG_BYTES = (HDR_INTS - 8) * 4;
 const WAIT_SLICE_MS = 10;
 const POLL_MS = 20;
-const SPIN_FLOOR_MS = 0.002;
+const SPIN_FLOOR_MS = 0.02;
 
 /** Default staging slot size per rank. */
 export const DEFAULT_SLOT_BYTES = 4 * 1024 * 1024;
@@ -224,7 +224,7 @@ class SharedMemoryExecutor implements Executor {
         }
         if (performance.now() > until) break;
       }
-      this.spinBudgetMs = Math.max(SPIN_FLOOR_MS, this.spinBudgetMs / 2);
+      this.spinBudgetMs = Math.max(Math.min(SPIN_FLOOR_MS, this.spinMs), this.spinBudgetMs / 2);
     }
     for (;;) {
       Atomics.wait(ctl, GEN, gen, WAIT_SLICE_MS);
@@ -491,7 +491,8 @@ export interface LaunchThreadGroupOptions<D = unknown> {
   slotBytes?: number;
   /**
    * The most a worker polls a barrier before sleeping in Atomics.wait (µs); the actual budget adapts
-   * between 2 µs and this. Default 50 when workers do not outnumber the cores, else 0 (never poll).
+   * between min(20, spinUs) µs and this. Default 50 when workers do not outnumber the cores, else 0
+   * (never poll).
    */
   spinUs?: number;
   /** After every rank has reported, how long workers may take to exit by themselves before termination (default 2000 ms). */
