@@ -15,11 +15,13 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createMpiCommunicator, joinMpiGroup } from '../../src/tp/mpi.js';
+import { createMpiCommunicator, detectMpiLauncher, joinMpiGroup, type MpiCommunicator } from '../../src/tp/mpi.js';
 import { fullSequence } from './mpi-sequence.js';
 
 const [scenario = 'sequence', outDir = '.', seedArg = '1'] = process.argv.slice(2);
-const comm = createMpiCommunicator();
+// `node --test dist/test/` also loads the helpers: outside an MPI launcher this script does nothing.
+const launched = detectMpiLauncher() !== null;
+const comm = (launched ? createMpiCommunicator() : null) as MpiCommunicator;
 
 function write(result: unknown): void {
   writeFileSync(join(outDir, `rank-${comm.rank}.json`), JSON.stringify(result));
@@ -113,8 +115,10 @@ async function main(): Promise<void> {
   }
 }
 
-try {
-  await main();
-} catch (e) {
-  comm.abort(e);
+if (launched) {
+  try {
+    await main();
+  } catch (e) {
+    comm.abort(e);
+  }
 }
