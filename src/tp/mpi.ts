@@ -35,6 +35,10 @@
  * CommAbortedError naming this rank.
  *
  * Statistics (bytes and calls by tag, waitMs) follow the Communicator contract (src/tp/comm.ts).
+ *
+ * TUNING. Before MPI_Init the addon sets OMPI_MCA_btl_vader_single_copy_mechanism=none unless it is
+ * already set (Open MPI's shared-memory transport then copies through the shared segment instead of
+ * process_vm_readv, which containers often forbid and which measured slower here).
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
