@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -254,6 +254,64 @@ describe('MPI transport under mpirun', { skip: skipReason }, () => {
     assert.equal(r1!.last, 3);
     assert.ok(r0!.ms > 150, `rank 0 should wait for rank 1 (${r0!.ms} ms)`);
     assert.ok(r0!.turns > 20, `rank 0's event loop turned only ${r0!.turns} times while waiting ${r0!.ms.toFixed(0)} ms`);
+  });
+});
+
+describe('caat train under mpirun', { skip: skipReason }, () => {
+  const cli = join(repoRoot, 'dist', 'src', 'cli', 'main.js');
+  const small = (dir: string, out: string, tp: number): string[] => [
+    'train', '--data', join(dir, 'corpus'), '--vocab-size', '300', '--cache-dir', join(dir, 'cache'), '--out', out,
+    '--hidden', '16', '--layers', '1', '--heads', '4', '--kv-heads', '4', '--ffn', '32', '--seq-len', '16',
+    '--batch-size', '2', '--warmup', '2', '--eval-every', '0', '--eval-batches', '1', '--tp', String(tp), '--p', '0.5', '--steps', '3',
+  ];
+  const cleanEnv = (): NodeJS.ProcessEnv => {
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) {
+      if (!/^(RANK|WORLD_SIZE|LOCAL_RANK|MASTER_ADDR|MASTER_PORT|OMPI_.*|PMIX_.*|PMI_.*|SLURM_.*|CAAT_TRANSPORT|CAAT_JOB_TOKEN)$/.test(k)) env[k] = v;
+    }
+    return { ...env, CAAT_BACKEND: 'js' };
+  };
+  const exec = (cmd: string, args: string[]): Promise<{ code: number | null; out: string }> =>
+    new Promise((resolve, reject) => {
+      const child = spawn(cmd, args, { env: cleanEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
+      child.on('error', reject);
+      child.on('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code, out });
+      });
+    });
+  const lossesOf = (run: string): [number, number][] =>
+    readFileSync(join(run, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => {
+      const x = JSON.parse(l) as { step: number; loss: number };
+      return [x.step, x.loss];
+    });
+  const ckpt = (run: string, file: string): Buffer => readFileSync(join(run, 'checkpoints', 'step-00000003', file));
+
+  it('TP 2 (chosen automatically) and TP 4 (--transport mpi): losses and checkpoints equal the virtual-rank run', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'caat-mpi-train-'));
+    try {
+      mkdirSync(join(dir, 'corpus'));
+      const lines = ['The whale rose slowly from the dark water.', 'Congress shall assemble at least once in every year.', 'She walked along the river, counting the boats.'];
+      for (let d = 0; d < 8; d++) writeFileSync(join(dir, 'corpus', `d${d}.txt`), Array.from({ length: 50 }, (_, i) => lines[(d + i) % 3]).join('\n'));
+      for (const [tp, extra] of [[2, []], [4, ['--transport', 'mpi']]] as const) {
+        const virt = join(dir, `virtual${tp}`);
+        const mpi = join(dir, `mpi${tp}`);
+        const v = await exec(process.execPath, [cli, ...small(dir, virt, tp), '--workers', '0']);
+        assert.equal(v.code, 0, v.out);
+        const m = await exec(mpirun!.command, [...mpirun!.baseArgs, '-np', String(tp), process.execPath, cli, ...small(dir, mpi, tp), ...extra]);
+        assert.equal(m.code, 0, m.out);
+        assert.match(m.out, new RegExp(`TP ${tp} on ${tp} processes over MPI`));
+        assert.deepEqual(lossesOf(mpi), lossesOf(virt), `TP ${tp}: losses`);
+        assert.ok(ckpt(mpi, 'model.safetensors').equals(ckpt(virt, 'model.safetensors')), `TP ${tp}: model checkpoint`);
+        assert.ok(ckpt(mpi, 'optimizer.safetensors').equals(ckpt(virt, 'optimizer.safetensors')), `TP ${tp}: optimizer checkpoint`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

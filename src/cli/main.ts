@@ -18,7 +18,7 @@ const parallelOptions = (c: Command): Command =>
     .option('--p <fraction>', 'fraction of hidden channels all-reduced after each row-parallel layer (0..1)')
     .option('--private-scale <kind>', 'scale of private channels: sqrt (sqrt(N)) or none')
     .option('--backend <name>', 'compute backend: native, wasm, js or auto (default: CAAT_BACKEND, else fastest)')
-    .option('--transport <kind>', 'tcp (one rank per process, under caat launch/torchrun/mpirun/srun), threads or virtual (default: tcp under a launcher)')
+    .option('--transport <kind>', 'tcp (one rank per process, under caat launch/torchrun/mpirun/srun), mpi (one rank per process, under mpirun), threads or virtual (default: mpi under mpirun when the MPI addon is built, else tcp under a launcher)')
     .option('--comm-timeout <seconds>', 'processes: fail when a rank does not answer a collective or the rendezvous within this time (default 30)');
 
 parallelOptions(
@@ -85,7 +85,7 @@ program
   .option('--workers <m>', 'run the ranks on m worker threads (default: virtual ranks in this thread)')
   .option('--backend <name>', 'compute backend')
   .option('--json', 'print one JSON object')
-  .option('--transport <kind>', 'tcp (one rank per process, under a launcher), threads or virtual')
+  .option('--transport <kind>', 'tcp (one rank per process, under a launcher), mpi (under mpirun), threads or virtual')
   .option('--comm-timeout <seconds>', 'processes: collective and rendezvous timeout (default 30)')
   .action(async (opts) => runCli(async () => (await import('./gradcheck.js')).gradcheckCommand(opts)));
 

@@ -383,6 +383,9 @@ export class MpiCommunicator implements Communicator {
     return this.finalize();
   }
 
+  /** Finalize when the process is about to exit normally (tcp transport parity; the 'exit' handler does it). */
+  closeOnExit(): void {}
+
   /** Finalize now if nothing is in flight (from the process 'exit' handler); false otherwise. */
   finalizeNow(): boolean {
     if (this.done) return true;

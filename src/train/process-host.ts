@@ -39,8 +39,10 @@ import type { VirtualModel } from '../model/harness.js';
 import { RankModel } from '../model/model.js';
 import { paramSpecs, placeShard } from '../model/params.js';
 import type { CommStats, Communicator, ReduceOp } from '../tp/comm.js';
-import { rendezvous } from '../tp/rendezvous.js';
+import { joinMpiGroup } from '../tp/mpi.js';
+import { configDifference, rendezvous } from '../tp/rendezvous.js';
 import type { TcpCommunicator } from '../tp/tcp.js';
+import { chooseTransport } from '../tp/transport-select.js';
 import { createRankStates, runHost, type HostEvent, type ShardEvent, type StartState } from './loop.js';
 import { Progress } from './progress.js';
 import { makeBatchSource, makeValBatches, stepRecord, type RunSpec, type TrainResult } from './trainer.js';
@@ -50,6 +52,8 @@ export interface ProcessLaunch {
   launch: LaunchInfo;
   /** Collective and rendezvous timeout in milliseconds. */
   timeoutMs: number;
+  /** Collectives through MPI (src/tp/mpi.ts) instead of TCP: an MPI launcher and the MPI addon. */
+  mpi?: boolean;
 }
 
 export const DEFAULT_COMM_TIMEOUT_S = 30;
@@ -63,8 +67,8 @@ export const DEFAULT_COMM_TIMEOUT_S = 30;
  * - null: the ordinary single-process placement.
  */
 export function processMode(transport: string | undefined, commTimeout: string | undefined, env: Record<string, string | undefined> = process.env): ProcessLaunch | 'idle' | null {
-  if (transport !== undefined && !['tcp', 'threads', 'virtual'].includes(transport)) {
-    throw new UserError(`--transport must be tcp, threads or virtual, got ${JSON.stringify(transport)}`);
+  if (transport !== undefined && !['tcp', 'mpi', 'threads', 'virtual'].includes(transport)) {
+    throw new UserError(`--transport must be tcp, mpi, threads or virtual, got ${JSON.stringify(transport)}`);
   }
   let timeoutS = DEFAULT_COMM_TIMEOUT_S;
   if (commTimeout !== undefined) {
@@ -86,6 +90,20 @@ export function processMode(transport: string | undefined, commTimeout: string |
     }
     return { launch, timeoutMs: timeoutS * 1000 };
   }
+  // MPI: asked for, or chosen automatically under an MPI launcher when the addon loads.
+  if (transport === 'mpi' || (transport === undefined && launch && launch.worldSize > 1)) {
+    let choice;
+    try {
+      choice = chooseTransport(env, transport === 'mpi' ? { requested: 'mpi' } : {});
+    } catch (e) {
+      throw new UserError(`--transport mpi: ${(e as Error).message}`);
+    }
+    if (choice.notice && launch?.rank === 0) process.stderr.write(`${choice.notice}\n`);
+    if (choice.transport === 'mpi') {
+      if (!launch) throw new UserError('--transport mpi: process mode supports Open MPI\'s mpirun and srun; this launcher sets neither OMPI_COMM_WORLD_* nor SLURM_* variables');
+      return { launch, timeoutMs: timeoutS * 1000, mpi: true };
+    }
+  }
   if (!launch || launch.worldSize === 1) return null;
   if (transport === undefined) return { launch, timeoutMs: timeoutS * 1000 };
   return launch.rank === 0 ? null : 'idle';
@@ -103,6 +121,8 @@ function checkWorld(p: ProcessLaunch, tp: number): void {
 
 /** Join the TCP group of this launch, presenting `config`. */
 export async function joinGroup(p: ProcessLaunch, config: unknown, log?: (m: string) => void): Promise<TcpCommunicator> {
+  // MpiCommunicator has the members used here (Communicator, withTimeout, close, closeOnExit).
+  if (p.mpi) return (await joinMpiGroup(config, { difference: configDifference })) as unknown as TcpCommunicator;
   const l = p.launch;
   return rendezvous({
     rank: l.rank,
@@ -209,7 +229,7 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     out: opts.runDir ?? null,
     resume: opts.resume ?? null,
   };
-  log(`${p.launch.launcher}: rank 0 of ${p.launch.worldSize} processes, rendezvous on ${p.launch.masterAddr}:${p.launch.masterPort}`);
+  log(`${p.launch.launcher}: rank 0 of ${p.launch.worldSize} processes, ${p.mpi ? 'collectives over MPI' : `rendezvous on ${p.launch.masterAddr}:${p.launch.masterPort}`}`);
   let comm: TcpCommunicator;
   try {
     comm = await joinGroup(p, config, lead ? undefined : () => {});
@@ -266,7 +286,7 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     }
     log(
       `model: ${(countParams(cfg) / 1e6).toFixed(2)}M parameters (h ${cfg.model.hidden}, L ${cfg.model.layers}, heads ${cfg.model.heads}/${cfg.model.kvHeads}, F ${cfg.model.ffn}, V ${cfg.vocab}); ` +
-        `TP ${cfg.parallel.tp} on ${p.launch.worldSize} processes over TCP, p ${cfg.parallel.p} (shared ${cfg.shared}/${cfg.model.hidden}), private scale ${cfg.parallel.privateScale}; ` +
+        `TP ${cfg.parallel.tp} on ${p.launch.worldSize} processes over ${p.mpi ? 'MPI' : 'TCP'}, p ${cfg.parallel.p} (shared ${cfg.shared}/${cfg.model.hidden}), private scale ${cfg.parallel.privateScale}; ` +
         `train ${data.train.tokens.length} tokens, val ${data.val.tokens.length} tokens`,
     );
     if (lead) {
