@@ -222,6 +222,12 @@ describe('MPI transport under mpirun', { skip: skipReason }, () => {
     }
   });
 
+  it('a mismatch that ends the job names the differing rank', async () => {
+    const run = await runMpi(2, 'mismatch-abort', [], 60_000);
+    assert.notEqual(run.code, 0);
+    assert.match(run.stderr, /rank 1 failed: collective #0 mismatch: rank 0 called allReduce\(sum, tag "tag.a", n=6, float32\) but rank 1 called allReduce\(sum, tag "tag.b", n=6, float32\)/);
+  });
+
   it('a rank that throws ends the job with "rank 1 failed: <message>"', async () => {
     const run = await runMpi(2, 'abort', [], 60_000);
     assert.notEqual(run.code, 0);

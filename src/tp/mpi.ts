@@ -28,7 +28,8 @@
  * 0's call and the first differing rank's call, and the communicator is poisoned.
  *
  * FAILURE. `abort(error)` ends the whole job: it prints "rank K failed: <message>" to stderr (K is the
- * failed rank: this one, or the one a CommAbortedError names) and calls MPI_Abort, which makes the
+ * failed rank: this one, the one a CommAbortedError names, or the differing rank of a
+ * CommMismatchError) and calls MPI_Abort, which makes the
  * launcher terminate every rank. A process that exits with a non-zero code without calling abort does
  * the same from its 'exit' handler; one that exits with code 0 finalizes MPI there (or earlier with
  * `finalize()`). An MPI error inside a collective rejects that call (and every later one) with
@@ -349,7 +350,12 @@ export class MpiCommunicator implements Communicator {
   abort(error: unknown): void {
     if (this.aborting) return;
     this.aborting = true;
-    const rank = error instanceof CommAbortedError ? error.failedRank : this.rank;
+    const rank =
+      error instanceof CommAbortedError
+        ? error.failedRank
+        : error instanceof CommMismatchError
+          ? (error.ranks[error.ranks.length - 1] ?? this.rank)
+          : this.rank;
     const message = errorMessage(error);
     if (!this.poisoned) this.poisoned = { rank, message, mismatch: null };
     try {

@@ -7,6 +7,7 @@
  * Scenarios:
  *   sequence    fullSequence (test/helpers/mpi-sequence.ts): hashes of every output, bytes and calls
  *   mismatch    rank 1 calls a different all-reduce than the others; every rank records its error
+ *   mismatch-abort  the same, but the error ends the job (comm.abort)
  *   abort       rank 1 throws at step 3 and calls comm.abort (the others are blocked in a collective)
  *   exit-code   rank 1 leaves with process.exitCode = 3 while the others wait in a collective
  *   event-loop  rank 1 joins a 32 MiB all-reduce 300 ms late; rank 0 counts event-loop turns meanwhile
@@ -40,6 +41,12 @@ async function main(): Promise<void> {
     case 'sequence': {
       const res = await fullSequence(comm, Number(seedArg));
       write({ ...res, transport: comm.transport, threadLevel: comm.info.threadLevel, library: comm.info.library, waitMs: comm.stats().waitMs });
+      return;
+    }
+    case 'mismatch-abort': {
+      // The mismatch error reaches the top level, which calls comm.abort with it.
+      const buf = new Float32Array(6);
+      await comm.allReduce(buf, 'sum', comm.rank === 1 ? 'tag.b' : 'tag.a');
       return;
     }
     case 'mismatch': {
