@@ -97,11 +97,12 @@ describe('transport selection', () => {
     const t = chooseTransport({ RANK: '1', WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: '29500' }, { mpiLoader: loader });
     assert.equal(t.transport, 'tcp');
     assert.equal(t.launcher?.kind, 'torchrun');
-    const s = chooseTransport({ SLURM_PROCID: '0', SLURM_NTASKS: '2', SLURM_STEP_ID: '0' }, { mpiLoader: loader });
+    const slurm = { SLURM_PROCID: '1', SLURM_NTASKS: '2', SLURM_STEP_NUM_TASKS: '2', SLURM_STEP_ID: '0', SLURM_STEP_NODELIST: 'n[1-2]', SLURM_JOB_ID: '7' };
+    const s = chooseTransport(slurm, { mpiLoader: loader });
     assert.equal(s.transport, 'tcp');
-    assert.equal(s.launcher?.kind, 'slurm');
-    // A batch script (no job step) is not a launcher.
-    assert.equal(detectLauncher({ SLURM_PROCID: '0', SLURM_NTASKS: '2' }), null);
+    assert.deepEqual(s.launcher, { kind: 'slurm', variable: 'SLURM_PROCID', rank: 1, size: 2 });
+    // srun with its PMIx plugin (srun --mpi=pmix) is an MPI launcher.
+    assert.equal(detectLauncher({ ...slurm, PMIX_RANK: '1' })?.kind, 'pmix');
     assert.equal(loader.calls, 0);
   });
 

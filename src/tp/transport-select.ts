@@ -11,6 +11,7 @@
  * initialised here. An explicit request (`requested`, or env CAAT_TRANSPORT) wins; asking for mpi
  * where it cannot work is an error that says why.
  */
+import { detectLaunch } from '../launch/env.js';
 import { detectMpiLauncher, loadMpiAddon, type MpiLauncher, type MpiLoader } from './mpi.js';
 
 export type ProcessTransport = 'mpi' | 'tcp' | 'threads';
@@ -35,25 +36,18 @@ export interface TransportChoice {
   reason: string;
 }
 
-function intVar(env: NodeJS.ProcessEnv, name: string): number | null {
-  const v = env[name];
-  if (v === undefined || v.trim() === '') return null;
-  const n = Number(v);
-  return Number.isInteger(n) && n >= 0 ? n : null;
-}
-
-/** The launcher that started this process (MPI launchers first), or null. */
+/**
+ * The launcher that started this process, or null: MPI launchers first (src/tp/mpi.ts), then the
+ * torchrun-style and Slurm variables as src/launch/env.ts reads them (which throws LaunchEnvError for
+ * variables that are present but unusable).
+ */
 export function detectLauncher(env: NodeJS.ProcessEnv = process.env): LauncherInfo | null {
   const mpi = detectMpiLauncher(env);
   if (mpi) return mpi;
-  if (intVar(env, 'WORLD_SIZE') !== null && intVar(env, 'RANK') !== null) {
-    return { kind: 'torchrun', variable: 'WORLD_SIZE', rank: intVar(env, 'RANK'), size: intVar(env, 'WORLD_SIZE') };
-  }
-  // A Slurm job step started by srun (SLURM_STEP_ID distinguishes it from the batch script itself).
-  if (intVar(env, 'SLURM_PROCID') !== null && intVar(env, 'SLURM_NTASKS') !== null && (env['SLURM_STEP_ID'] ?? '') !== '') {
-    return { kind: 'slurm', variable: 'SLURM_PROCID', rank: intVar(env, 'SLURM_PROCID'), size: intVar(env, 'SLURM_NTASKS') };
-  }
-  return null;
+  const l = detectLaunch(env);
+  if (l === null) return null;
+  if (l.launcher === 'openmpi') return { kind: 'openmpi', variable: 'OMPI_COMM_WORLD_RANK', rank: l.rank, size: l.worldSize };
+  return { kind: l.launcher, variable: l.launcher === 'torchrun' ? 'WORLD_SIZE' : 'SLURM_PROCID', rank: l.rank, size: l.worldSize };
 }
 
 function launcherName(l: LauncherInfo): string {

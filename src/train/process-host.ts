@@ -96,7 +96,7 @@ export function processMode(transport: string | undefined, commTimeout: string |
     try {
       choice = chooseTransport(env, transport === 'mpi' ? { requested: 'mpi' } : {});
     } catch (e) {
-      throw new UserError(`--transport mpi: ${(e as Error).message}`);
+      throw new UserError(`${transport === 'mpi' ? '--transport mpi' : 'transport choice'}: ${(e as Error).message}`);
     }
     if (choice.notice && launch?.rank === 0) process.stderr.write(`${choice.notice}\n`);
     if (choice.transport === 'mpi') {
