@@ -141,7 +141,9 @@ describe('launcher detection', () => {
     assert.throws(() => detectLaunch({ OMPI_COMM_WORLD_RANK: '0', OMPI_COMM_WORLD_SIZE: '8', OMPI_COMM_WORLD_LOCAL_SIZE: '4', OMPI_MCA_ess_base_jobid: '1' }), /spans several hosts.*MASTER_ADDR/);
     const s = detectLaunch({ SLURM_PROCID: '5', SLURM_NTASKS: '8', SLURM_STEP_NUM_TASKS: '8', SLURM_LOCALID: '1', SLURM_STEP_NODELIST: 'gpu[07-09,12],cpu1', SLURM_JOB_ID: '4242', SLURM_STEP_ID: '3' })!;
     assert.deepEqual([s.launcher, s.rank, s.worldSize, s.localRank, s.masterAddr, s.masterPort, s.tokenLabel], ['slurm', 5, 8, 1, 'gpu07', portFromJobId('slurm:4242.3'), 'SLURM_JOB_ID=4242.3']);
-    assert.equal(detectLaunch({ SLURM_PROCID: '0', SLURM_NTASKS: '2', SLURM_STEP_NODELIST: 'a', SLURM_JOB_ID: '1', MASTER_PORT: '999' })!.masterPort, 999);
+    assert.equal(detectLaunch({ SLURM_PROCID: '0', SLURM_NTASKS: '2', SLURM_STEP_ID: '0', SLURM_STEP_NODELIST: 'a', SLURM_JOB_ID: '1', MASTER_PORT: '999' })!.masterPort, 999);
+    // An sbatch script itself (no job step) is not a rank.
+    assert.equal(detectLaunch({ SLURM_PROCID: '0', SLURM_NTASKS: '4', SLURM_JOB_NODELIST: 'n[1-2]', SLURM_JOB_ID: '5' }), null);
     const tok = detectLaunch({ RANK: '0', WORLD_SIZE: '2', MASTER_PORT: '1', CAAT_JOB_TOKEN: 'secret' })!;
     assert.equal(tok.token, 'secret');
     assert.match(tok.tokenLabel, /^CAAT_JOB_TOKEN \(sha256 [0-9a-f]{12}\)$/);

@@ -119,6 +119,17 @@ bench
   .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTrainCommand(opts)));
 
 bench
+  .command('link')
+  .description('needs root: TP ranks in network namespaces on links shaped with tc (1 Gbit/s, 100 Mbit/s): step time, comm time, bytes and speedup for p = 1 … 0 vs the cost model')
+  .option('--json', 'one JSON object per line')
+  .option('--tp <n>', 'ranks (2 or 4)', '2')
+  .option('--rates <list>', 'comma-separated link rates', '1gbit,100mbit')
+  .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '3')
+  .option('--batch <n>', 'training sequences per step (default: the small config\'s 8)')
+  .option('--backend <name>', 'compute backend (default: the fastest available)')
+  .action(async (opts) => runCli(async () => (await import('../bench/link.js')).benchLinkCommand(opts)));
+
+bench
   .command('tp')
   .description('TP = 1 on one thread vs TP = N on worker threads for p = 1, 0.5, 0: speed, bytes, memory')
   .option('--json', 'one JSON object per line')

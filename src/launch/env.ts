@@ -10,7 +10,8 @@
  *    127.0.0.1, which is right for a single host; a job spanning several hosts (local size < world
  *    size) without MASTER_ADDR is refused with an explanation. Port: MASTER_PORT, else derived from
  *    the job id OMPI_MCA_ess_base_jobid.
- * 3. Slurm (srun): SLURM_PROCID, SLURM_STEP_NUM_TASKS (or SLURM_NTASKS), SLURM_LOCALID. Master: the
+ * 3. Slurm (srun): SLURM_PROCID, SLURM_STEP_NUM_TASKS (or SLURM_NTASKS with SLURM_STEP_ID: a batch
+ *    script outside srun is not a rank), SLURM_LOCALID. Master: the
  *    first host of SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST), bracket ranges expanded, unless
  *    MASTER_ADDR is given. Port: MASTER_PORT, else derived from SLURM_JOB_ID and SLURM_STEP_ID (so
  *    that consecutive steps of one job do not collide).
@@ -143,7 +144,9 @@ export function detectLaunch(env: Env = process.env): LaunchInfo | null {
       ...token(env, 'OMPI_MCA_ess_base_jobid', jobId),
     });
   }
-  if (env['SLURM_PROCID'] !== undefined && (env['SLURM_STEP_NUM_TASKS'] !== undefined || env['SLURM_NTASKS'] !== undefined)) {
+  // A task of an srun job step (a batch script itself also has SLURM_PROCID and SLURM_NTASKS, but no
+  // step variables: it is not a rank).
+  if (env['SLURM_PROCID'] !== undefined && (env['SLURM_STEP_NUM_TASKS'] !== undefined || (env['SLURM_NTASKS'] !== undefined && env['SLURM_STEP_ID'] !== undefined))) {
     const sizeVar = env['SLURM_STEP_NUM_TASKS'] !== undefined ? 'SLURM_STEP_NUM_TASKS' : 'SLURM_NTASKS';
     const worldSize = int(env, sizeVar, 1);
     const rank = int(env, 'SLURM_PROCID');

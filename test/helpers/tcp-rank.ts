@@ -1,7 +1,7 @@
 /**
  * One rank of a TCP group in its own process, for the transport tests and measurements. Reads
  * RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT, joins, runs the scenario named by TCP_SCENARIO and
- * prints one JSON line with its result on stdout.
+ * prints one JSON line with its result on stdout. Without TCP_SCENARIO it does nothing.
  *
  *   mixed          the mixed collective sequence (seed TCP_SEED); prints the SHA-256 of every output
  *   bench          all-reduce timings: TCP_BENCH_BYTES (comma-separated sizes), TCP_BENCH_REPEATS
@@ -18,7 +18,7 @@ import { mixedSequence } from './comm-worker.js';
 const env = process.env;
 const rank = Number(env['RANK']);
 const size = Number(env['WORLD_SIZE']);
-const scenario = env['TCP_SCENARIO'] ?? 'mixed';
+const scenario = env['TCP_SCENARIO'];
 const failRank = Number(env['TCP_FAIL_RANK'] ?? '1');
 
 function median(xs: number[]): number {
@@ -90,4 +90,5 @@ async function main(): Promise<void> {
   await comm.close();
 }
 
-await main();
+// Only when started as a rank (the test runner also loads every module under dist/test).
+if (scenario !== undefined) await main();
