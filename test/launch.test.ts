@@ -193,6 +193,13 @@ describe('training across processes equals virtual ranks bitwise', () => {
     assert.deepEqual(JSON.parse(c2.stdout.replace(/^\[rank 0\] /, '')), JSON.parse(c1.stdout));
   });
 
+  test('caat launch --nproc 2 -- train --tp 4: two ranks per process', () => {
+    const out = path.join(tmp, 'launch2x2');
+    const r = run(['launch', '--nproc', '2', '--', ...small(out, 4)]);
+    assert.equal(r.status, 0, r.stderr);
+    assertSameRun(out, 4, '2 processes × 2 ranks');
+  });
+
   test('4 processes with torchrun-style variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)', async () => {
     const out = path.join(tmp, 'torchrun4');
     const res = await Promise.all(startRanks(4, small(out, 4)).map((p) => p.done));
@@ -307,10 +314,10 @@ describe('refusals and failures', () => {
     assert.ok(loadCheckpoint(out).state.step >= 4);
   });
 
-  test('process mode needs the world size to equal --tp; --transport tcp needs a launcher', () => {
-    const r = run(['launch', '--nproc', '2', '--', ...small(path.join(tmp, 'w'), 4)]);
+  test('process mode needs the number of processes to divide --tp; --transport tcp needs a launcher', () => {
+    const r = run(['launch', '--nproc', '3', '--', ...small(path.join(tmp, 'w'), 4)]);
     assert.notEqual(r.status, 0);
-    assert.match(r.stderr, /the torchrun launch has 2 processes but the TP degree is 4/);
+    assert.match(r.stderr, /the torchrun launch has 3 processes but the TP degree is 4: the number of processes must divide it/);
     const t = run([...small(path.join(tmp, 'w2'), 2), '--transport', 'tcp']);
     assert.notEqual(t.status, 0);
     assert.match(t.stderr, /--transport tcp needs a launcher/);

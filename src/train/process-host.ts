@@ -3,7 +3,10 @@
  * `caat launch`, torchrun-style variables, mpirun or srun; see src/launch/env.ts), connected by the TCP
  * transport.
  *
- * - One logical rank per process: the world size must equal the TP degree.
+ * - W processes host the N = tp logical ranks, W dividing N: process w hosts ranks w·N/W … (w+1)·N/W − 1
+ *   (the threads placement). Each logical rank is a full member of the N-rank TCP mesh (ranks in one
+ *   process reach each other over loopback), so the algorithms and the bits are those of N processes.
+ *   The MPI transport hosts one rank per process.
  * - Every rank presents a digest of its configuration at the rendezvous (model, parallel, training
  *   and data settings, the command, and the compute backend: replicated parameters stay bitwise equal
  *   across ranks only if every rank computes with the same kernels); a rank that differs is refused
@@ -60,8 +63,8 @@ export const DEFAULT_COMM_TIMEOUT_S = 30;
 
 /**
  * How this process takes part, from the launcher variables and --transport:
- * - a ProcessLaunch: host one rank over TCP (a launcher with world size > 1 and no --transport, or
- *   --transport tcp);
+ * - a ProcessLaunch: host this process's ranks over TCP (a launcher with world size > 1 and no
+ *   --transport, or --transport tcp) or MPI;
  * - 'idle': a launcher started several processes but --transport threads|virtual asks for every rank
  *   inside one process: rank 0 runs the whole job, the others have nothing to do (train only);
  * - null: the ordinary single-process placement.
@@ -109,14 +112,23 @@ export function processMode(transport: string | undefined, commTimeout: string |
   return launch.rank === 0 ? null : 'idle';
 }
 
-function checkWorld(p: ProcessLaunch, tp: number): void {
+/**
+ * Ranks per process: W processes host N = tp logical ranks, W dividing N; process w hosts ranks
+ * w·N/W … (w+1)·N/W − 1 (the threads placement). Returns the global ranks of this process.
+ */
+function checkWorld(p: ProcessLaunch, tp: number): number[] {
   const W = p.launch.worldSize;
-  if (W !== tp) {
+  if (tp % W !== 0) {
     throw new UserError(
-      `the ${p.launch.launcher} launch has ${W} process${W === 1 ? '' : 'es'} but the TP degree is ${tp}: process mode hosts one rank per process, ` +
-        `so start ${tp} processes (e.g. caat launch --nproc ${tp} -- ...), or run every rank in one process with --transport threads or virtual`,
+      `the ${p.launch.launcher} launch has ${W} process${W === 1 ? '' : 'es'} but the TP degree is ${tp}: the number of processes must divide it ` +
+        `(each process hosts tp/processes ranks), e.g. caat launch --nproc ${tp} -- ...; or run every rank in one process with --transport threads or virtual`,
     );
   }
+  const L = tp / W;
+  if (L > 1 && p.mpi) {
+    throw new UserError(`the MPI transport hosts one rank per process, but ${W} processes for TP ${tp} means ${L} ranks each: start ${tp} processes, or use --transport tcp`);
+  }
+  return Array.from({ length: L }, (_, i) => p.launch.rank * L + i);
 }
 
 /** Join the TCP group of this launch, presenting `config`. */
@@ -135,6 +147,56 @@ export async function joinGroup(p: ProcessLaunch, config: unknown, log?: (m: str
     timeoutMs: p.timeoutMs,
     ...(log ? { log } : {}),
   });
+}
+
+/**
+ * Join the group with every rank this process hosts. One rank per process: joinGroup. Several:
+ * every logical rank is a full member of the N-rank TCP mesh (the ranks of one process reach each
+ * other over loopback), so the algorithms, and the bits, are those of N processes.
+ */
+export async function joinRanks(p: ProcessLaunch, ranks: number[], tp: number, config: unknown, log?: (m: string) => void): Promise<TcpCommunicator[]> {
+  if (ranks.length === 1) return [await joinGroup(p, config, log)];
+  const l = p.launch;
+  const res = await Promise.allSettled(
+    ranks.map((rank) =>
+      rendezvous({
+        rank,
+        size: tp,
+        masterAddr: l.masterAddr,
+        masterPort: l.masterPort,
+        token: l.token,
+        tokenLabel: l.tokenLabel,
+        config,
+        timeoutMs: p.timeoutMs,
+        ...(log && rank === 0 ? { log } : { log: () => {} }),
+      }),
+    ),
+  );
+  const ok = res.filter((r): r is PromiseFulfilledResult<TcpCommunicator> => r.status === 'fulfilled').map((r) => r.value);
+  const bad = res.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (bad) {
+    for (const c of ok) c.abort(bad.reason);
+    await Promise.all(ok.map((c) => c.close()));
+    throw bad.reason;
+  }
+  return ok;
+}
+
+/** Run fn for every local rank at once (collectives need all of them); the first error aborts them all. */
+async function eachRank<T>(comms: Communicator[], fn: (c: Communicator, i: number) => Promise<T>): Promise<T[]> {
+  const res = await Promise.allSettled(
+    comms.map(async (c, i) => {
+      try {
+        return await fn(c, i);
+      } catch (e) {
+        c.abort(e);
+        throw e;
+      }
+    }),
+  );
+  const bad = res.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (bad) throw bad.reason;
+  return res.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
 /** The long wait used where one rank alone may be busy (data preparation, checkpoint writing). */
@@ -217,7 +279,8 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
   const log = (msg: string): void => {
     if (lead) process.stderr.write(`${msg}\n`);
   };
-  checkWorld(p, Number(spec.parallel['tp'] ?? 1));
+  const tp = Number(spec.parallel['tp'] ?? 1);
+  const myRanks = checkWorld(p, tp);
   const be = selectBackend(spec.backend, { quiet: !lead });
   const config = {
     command: 'train',
@@ -230,9 +293,9 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     resume: opts.resume ?? null,
   };
   log(`${p.launch.launcher}: rank 0 of ${p.launch.worldSize} processes, ${p.mpi ? 'collectives over MPI' : `rendezvous on ${p.launch.masterAddr}:${p.launch.masterPort}`}`);
-  let comm: TcpCommunicator;
+  let comms: TcpCommunicator[];
   try {
-    comm = await joinGroup(p, config, lead ? undefined : () => {});
+    comms = await joinRanks(p, myRanks, tp, config, lead ? undefined : () => {});
   } catch (e) {
     exitSoon();
     throw e;
@@ -273,9 +336,10 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     });
     tokenizer = data.tokenizer;
     // Every rank must train on the same tokens; preparing them may take one rank much longer.
-    const digests = await comm.withTimeout(longWaitMs(p), () => gatherNumber(comm, tokenDigest(data.train.tokens, data.val.tokens), 'data.digest'));
-    if (digests[comm.rank] !== digests[0]) {
-      throw new Error(`the tokenised data on rank ${comm.rank} differs from rank 0's (different corpus files, tokenizer or cache on this host?)`);
+    const digest = tokenDigest(data.train.tokens, data.val.tokens);
+    const digests = (await eachRank(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => gatherNumber(c, digest, 'data.digest'))))[0]!;
+    if (digests[comms[0]!.rank] !== digests[0]) {
+      throw new Error(`the tokenised data on rank ${comms[0]!.rank} differs from rank 0's (different corpus files, tokenizer or cache on this host?)`);
     }
     const cfg = resolveConfig({ ...spec.model, vocab: tokenizer.vocabSize }, spec.parallel, 'model config');
     if (spec.train.seqLen > cfg.model.seqLen) throw new Error(`train seqLen ${spec.train.seqLen} exceeds the model's seqLen ${cfg.model.seqLen}`);
@@ -296,6 +360,7 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     }
     let finalLoss = NaN;
     let finalValLoss: number | undefined;
+    const shardEvents: ShardEvent[] = [];
     const onEvent = async (e: HostEvent): Promise<void> => {
       if (e.type === 'step') {
         flushStep();
@@ -310,7 +375,11 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
         }
         progress?.note(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)} (perplexity ${Math.exp(e.valLoss).toFixed(2)})`);
       } else {
-        const full = await assembleShards(comm, cfg, e);
+        // Every local rank reports its shards in turn; assemble once all of them have (collectively).
+        shardEvents.push(e);
+        if (shardEvents.length < comms.length) return;
+        const events = shardEvents.splice(0);
+        const full = (await eachRank(comms, (c) => assembleShards(c, cfg, events.find((x) => x.rank === c.rank)!)))[0]!;
         if (lead) {
           flushStep();
           const dir = writeCheckpoint(runDir, cfg, full, { step: e.step, tokensSeen: e.tokensSeen, loader: e.loader, train: spec.train as unknown as Record<string, unknown> });
@@ -318,10 +387,10 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
           progress?.note(`checkpoint ${dir}`);
         }
         // The other ranks wait here while rank 0 writes (it may take longer than a collective).
-        await comm.withTimeout(longWaitMs(p), () => comm.barrier('ckpt.written'));
+        await eachRank(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => c.barrier('ckpt.written')));
       }
     };
-    const ranks = createRankStates(cfg, spec.train, be, [comm], start);
+    const ranks = createRankStates(cfg, spec.train, be, comms, start);
     await runHost({ ranks, train: spec.train, data: makeBatchSource(data.train.tokens, spec.train), val: makeValBatches(data.val.tokens, spec.train), start, emit: onEvent });
     flushStep();
     const seconds = (performance.now() - t0) / 1000;
@@ -329,14 +398,14 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     log(`done: ${spec.train.steps} steps in ${seconds.toFixed(1)} s; final train loss ${finalLoss.toFixed(4)}${finalValLoss !== undefined ? `, validation loss ${finalValLoss.toFixed(4)}` : ''}; run folder ${runDir}`);
     return { runDir, finalLoss, finalValLoss, steps: spec.train.steps, seconds };
   } catch (e) {
-    comm.abort(e);
+    for (const c of comms) c.abort(e);
     exitSoon();
     throw e;
   } finally {
     flushStep();
     if (metrics !== undefined) fs.closeSync(metrics);
     progress?.stop();
-    await comm.close();
+    await Promise.all(comms.map((c) => c.close()));
   }
 }
 
@@ -411,25 +480,18 @@ class PendingComm implements Communicator {
  * returns [its value]; the other ranks run the same call in their processes.
  */
 export class ProcessModel {
-  readonly comms: Communicator[];
   readonly ranks: RankModel[];
 
   constructor(
     readonly cfg: ResolvedConfig,
     readonly be: Backend,
-    comm: Communicator,
+    readonly comms: Communicator[],
   ) {
-    this.comms = [comm];
-    this.ranks = [new RankModel(cfg, be, comm)];
+    this.ranks = comms.map((c) => new RankModel(cfg, be, c));
   }
 
   async all<T>(fn: (m: RankModel, r: number) => Promise<T>): Promise<T[]> {
-    try {
-      return [await fn(this.ranks[0]!, 0)];
-    } catch (e) {
-      this.comms[0]!.abort(e);
-      throw e;
-    }
+    return eachRank(this.comms, (_, i) => fn(this.ranks[i]!, i));
   }
 
   async lossAndGrads(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
@@ -447,20 +509,22 @@ export class ProcessModel {
     throw new Error('ProcessModel.full: full tensors need a collective; use gatherFull');
   }
 
-  /** Collective: the full logical tensor of a parameter set, on every rank. */
+  /** Collective: the full logical tensor of a parameter set (every local rank gathers; the first's copy). */
   async gatherFull(kind: 'params' | 'grads', name: string): Promise<Float32Array> {
-    const m = this.ranks[0]!;
-    const spec = m.specs.find((s) => s.name === name);
+    const spec = this.ranks[0]!.specs.find((s) => s.name === name);
     if (!spec) throw new Error(`no parameter named ${name}`);
-    const local = Float32Array.from((kind === 'params' ? m.params : m.grads).get(name));
     const n = spec.shape.reduce((a, b) => a * b, 1);
-    if (spec.shard === null) return local;
-    const N = m.N;
-    const gathered = new Float32Array(N * local.length);
-    await this.comms[0]!.allGather(gathered, local, `gather.${kind}`);
-    const out = new Float32Array(n);
-    for (let r = 0; r < N; r++) placeShard(spec, gathered.subarray(r * local.length, (r + 1) * local.length), N, r, out);
-    return out;
+    const outs = await this.all(async (m) => {
+      const local = Float32Array.from((kind === 'params' ? m.params : m.grads).get(name));
+      if (spec.shard === null) return local;
+      const N = m.N;
+      const gathered = new Float32Array(N * local.length);
+      await m.comm.allGather(gathered, local, `gather.${kind}`);
+      const out = new Float32Array(n);
+      for (let r = 0; r < N; r++) placeShard(spec, gathered.subarray(r * local.length, (r + 1) * local.length), N, r, out);
+      return out;
+    });
+    return outs[0]!;
   }
 }
 
@@ -470,9 +534,14 @@ export class ProcessModel {
  * rank must agree on (run folder, checkpoint step, command flags).
  */
 export function processModel(cfg: ResolvedConfig, be: Backend, p: ProcessLaunch, config: unknown): VirtualModel {
-  checkWorld(p, cfg.parallel.tp);
-  const comm = new PendingComm(p.launch.rank, p.launch.worldSize, () => joinGroup(p, { ...(config as object), backend: be.name }, p.launch.rank === 0 ? undefined : () => {}));
-  return new ProcessModel(cfg, be, comm) as unknown as VirtualModel;
+  const myRanks = checkWorld(p, cfg.parallel.tp);
+  const tp = cfg.parallel.tp;
+  const cfgSeen = { ...(config as object), backend: be.name };
+  // The ranks join together (one rendezvous per local rank, started at once).
+  const joined = joinRanks(p, myRanks, tp, cfgSeen, p.launch.rank === 0 ? undefined : () => {});
+  joined.catch(() => {});
+  const comms = myRanks.map((rank, i) => new PendingComm(rank, tp, () => joined.then((cs) => cs[i]!)));
+  return new ProcessModel(cfg, be, comms) as unknown as VirtualModel;
 }
 
 /**
@@ -490,11 +559,11 @@ export async function gradcheckProcess(
   p: ProcessLaunch,
   config: unknown,
 ): Promise<{ loss: number; norms: Record<string, number> }> {
-  checkWorld(p, cfg.parallel.tp);
-  const comm = await joinGroup(p, { command: 'gradcheck', ...(config as object), backend: be.name }, p.launch.rank === 0 ? undefined : () => {});
+  const myRanks = checkWorld(p, cfg.parallel.tp);
+  const comms = await joinRanks(p, myRanks, cfg.parallel.tp, { command: 'gradcheck', ...(config as object), backend: be.name }, p.launch.rank === 0 ? undefined : () => {});
   try {
-    const pm = new ProcessModel(cfg, be, comm);
-    pm.ranks[0]!.loadFull((s) => params.get(s.name)!);
+    const pm = new ProcessModel(cfg, be, comms);
+    for (const m of pm.ranks) m.loadFull((s) => params.get(s.name)!);
     const loss = await pm.lossAndGrads(inputs, targets, B, T);
     const norms: Record<string, number> = {};
     for (const spec of pm.ranks[0]!.specs) {
@@ -505,10 +574,10 @@ export async function gradcheckProcess(
     }
     return { loss, norms };
   } catch (e) {
-    comm.abort(e);
+    for (const c of comms) c.abort(e);
     exitSoon();
     throw e;
   } finally {
-    await comm.close();
+    await Promise.all(comms.map((c) => c.close()));
   }
 }
