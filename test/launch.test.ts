@@ -200,13 +200,17 @@ describe('training across processes equals virtual ranks bitwise', () => {
     assertSameRun(out, 4, '2 processes × 2 ranks');
   });
 
-  test('4 processes with torchrun-style variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)', async () => {
+  test('4 processes with torchrun-style variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), preparing the data concurrently from a cold cache', async () => {
     const out = path.join(tmp, 'torchrun4');
-    const res = await Promise.all(startRanks(4, small(out, 4)).map((p) => p.done));
+    // A fresh cache folder: all 4 processes train the BPE and write the token cache at the same time.
+    const cold = path.join(tmp, 'cache-cold');
+    const res = await Promise.all(startRanks(4, small(out, 4, ['--cache-dir', cold])).map((p) => p.done));
     res.forEach((x, r) => assert.equal(x.code, 0, `rank ${r}: ${x.stderr}`));
     assert.match(res[0]!.stderr, /done: 3 steps/);
     for (const r of [1, 2, 3]) assert.equal(res[r]!.stderr + res[r]!.stdout, '', `rank ${r} prints nothing`);
     assertSameRun(out, 4, 'torchrun-style');
+    const files = fs.readdirSync(cold, { recursive: true }).map(String);
+    assert.ok(!files.some((f) => f.includes('.tmp-')), `no temporary files left: ${files.join(', ')}`);
   });
 
   test('4 processes under mpirun (Open MPI)', { skip: onPath('mpirun') ? false : 'mpirun not installed (apt-get install openmpi-bin)' }, () => {
