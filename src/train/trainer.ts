@@ -154,10 +154,10 @@ export async function train(spec: RunSpec, opts: { runDir?: string; resume?: str
       `train ${data.train.tokens.length} tokens, val ${data.val.tokens.length} tokens`,
   );
 
+  pruneCheckpoints(runDir, 0); // temporary folders of an interrupted earlier writer
   const metricsPath = path.join(runDir, 'metrics.jsonl');
   const metrics = fs.openSync(metricsPath, 'a');
   const progress = new Progress(spec.train.steps, start.step);
-  pruneCheckpoints(runDir, 0); // temporary folders of an interrupted earlier writer
   const assembler = new ShardAssembler(cfg);
   let finalLoss = NaN;
   let finalValLoss: number | undefined;
@@ -188,10 +188,10 @@ export async function train(spec: RunSpec, opts: { runDir?: string; resume?: str
           loader: done.ev.loader,
           train: spec.train as unknown as Record<string, unknown>,
         });
+        pruneCheckpoints(runDir, spec.train.keepCheckpoints);
         progress.note(`checkpoint ${dir}`);
       }
     }
-        pruneCheckpoints(runDir, spec.train.keepCheckpoints);
   };
 
   try {
