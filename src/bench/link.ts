@@ -15,8 +15,11 @@
  * - prefill: a forward pass with a KV cache over 512 tokens (2 sequences of 256), as in generation.
  * Reported per p: median step time, time inside collectives (comm_ms, rank 0, waiting included),
  * payload bytes per rank, speedup over p = 1, and the cost model's prediction (docs §7)
- * (C + M) / (C + p·M), with C = the measured non-communication time at p = 1 and
- * M = 2(N−1)/N · bytes at p = 1 / link rate (the ring all-reduce's time on the shaped link).
+ * (C + M(1)) / (C + M(p)), with C the measured non-communication time at p = 1 and M(p) the step's
+ * communication time on this link: every all-reduce costs α + b·β for b payload bytes per rank, α and β
+ * measured on the shaped link with the transport itself (4 KiB and 16 MiB all-reduces), and only the
+ * blocks' partial all-reduces scale with p (see linkRecords). The prediction from the nominal rate
+ * alone is reported beside it.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -27,6 +30,7 @@ import { UserError } from '../cli/run.js';
 import { resolveConfig } from '../model/config.js';
 import { parseTrainConfig } from '../train/config.js';
 import { createRankStates, rankTrainStep, type Batch } from '../train/loop.js';
+import type { Communicator } from '../tp/comm.js';
 import { rendezvous } from '../tp/rendezvous.js';
 import { describeMachine, formatMachine } from './machine.js';
 import { BENCH_CONFIGS } from './train.js';
@@ -45,7 +49,13 @@ export interface LinkRecord {
   comm_ms: number;
   bytes: number;
   speedup: number;
+  /** The cost model with the link's latency and bandwidth as measured on it (see linkRecords). */
   predicted_speedup: number;
+  /** The cost model with the nominal link rate and no latency. */
+  nominal_predicted_speedup: number;
+  /** Measured per-all-reduce latency and effective link rate (Gbit/s) on this link. */
+  link_alpha_ms: number;
+  link_gbps: number;
 }
 
 /** "1gbit", "100mbit", "2.5gbit", "500kbit" → bits per second. */
@@ -136,6 +146,54 @@ interface WorkerResult {
   ms: number;
   comm_ms: number;
   bytes: number;
+  /** The part of `bytes` moved by the partial all-reduces of the blocks (the part p scales). */
+  block_bytes: number;
+  /** Collective calls per step, and those of the blocks' partial all-reduces. */
+  calls: number;
+  block_calls: number;
+}
+
+/**
+ * The link as the cost model sees it, measured over the shaped link with the transport itself: one
+ * all-reduce of b payload bytes per rank takes alpha_ms + b · ms_per_byte.
+ */
+interface LinkCalibration {
+  alpha_ms: number;
+  ms_per_byte: number;
+}
+
+const isBlock = (tag: string): boolean => tag.endsWith('.shared');
+const blockBytes = (st: { bytes: Map<string, number> }): number => [...st.bytes].filter(([t]) => isBlock(t)).reduce((a, [, b]) => a + b, 0);
+const callCounts = (st: { calls: Map<string, number> }): { calls: number; block_calls: number } => {
+  let calls = 0;
+  let block = 0;
+  for (const [t, n] of st.calls) {
+    if (t === 'bench.sync') continue;
+    calls += n;
+    if (isBlock(t)) block += n;
+  }
+  return { calls, block_calls: block };
+};
+
+/** Median time of all-reduces of 4 KiB and 16 MiB on the link: the two points of T(b) = α + b·β. */
+async function calibrate(comm: Communicator, repeats: number): Promise<LinkCalibration> {
+  const time = async (n: number): Promise<number> => {
+    const buf = new Float32Array(n);
+    const ts: number[] = [];
+    for (let i = 0; i <= repeats; i++) {
+      await comm.barrier('bench.sync');
+      const t0 = performance.now();
+      await comm.allReduce(buf, 'sum', 'bench.calibrate');
+      if (i > 0) ts.push(performance.now() - t0);
+    }
+    return median(ts);
+  };
+  const small = 1024; // 4 KiB
+  const large = 4 * 1024 * 1024; // 16 MiB
+  const ts = await time(small);
+  const tl = await time(large);
+  const msPerByte = (tl - ts) / ((large - small) * 4);
+  return { alpha_ms: Math.max(0, ts - small * 4 * msPerByte), ms_per_byte: msPerByte };
 }
 
 function syntheticBatch(B: number, T: number, V: number, seed: number): Batch {
@@ -180,6 +238,8 @@ async function worker(): Promise<void> {
       const ms: number[] = [];
       const commMs: number[] = [];
       let bytes = 0;
+      let block = 0;
+      let calls = { calls: 0, block_calls: 0 };
       for (let i = 0; i <= spec.steps; i++) {
         await comm.barrier('bench.sync');
         comm.resetStats();
@@ -191,12 +251,16 @@ async function worker(): Promise<void> {
         ms.push(dt);
         commMs.push(st.waitMs);
         bytes = [...st.bytes.values()].reduce((a, b) => a + b, 0);
+        block = blockBytes(st);
+        calls = callCounts(st);
       }
-      out.push({ p, phase: 'train', ms: median(ms), comm_ms: median(commMs), bytes });
+      out.push({ p, phase: 'train', ms: median(ms), comm_ms: median(commMs), bytes, block_bytes: block, ...calls });
       const cache = r!.model.createCache(prefillB, T);
       const pms: number[] = [];
       const pcomm: number[] = [];
       let pbytes = 0;
+      let pblock = 0;
+      let pcalls = { calls: 0, block_calls: 0 };
       for (let i = 0; i <= spec.steps; i++) {
         cache.len = 0;
         await comm.barrier('bench.sync');
@@ -209,10 +273,13 @@ async function worker(): Promise<void> {
         pms.push(dt);
         pcomm.push(st.waitMs);
         pbytes = [...st.bytes.values()].reduce((a, b) => a + b, 0);
+        pblock = blockBytes(st);
+        pcalls = callCounts(st);
       }
-      out.push({ p, phase: 'prefill', ms: median(pms), comm_ms: median(pcomm), bytes: pbytes });
+      out.push({ p, phase: 'prefill', ms: median(pms), comm_ms: median(pcomm), bytes: pbytes, block_bytes: pblock, ...pcalls });
     }
-    if (rank === 0) process.stdout.write(`${RESULT_PREFIX}${JSON.stringify(out)}\n`);
+    const calibration = await calibrate(comm, spec.steps);
+    if (rank === 0) process.stdout.write(`${RESULT_PREFIX}${JSON.stringify({ calibration, results: out })}\n`);
   } catch (e) {
     comm.abort(e);
     throw e;
@@ -236,7 +303,12 @@ function which(exe: string): boolean {
   });
 }
 
-async function runRate(net: LinkNet, spec: WorkerSpec, token: string, children: Set<ChildProcess>, log: (m: string) => void): Promise<WorkerResult[]> {
+interface RateResult {
+  calibration: LinkCalibration;
+  results: WorkerResult[];
+}
+
+async function runRate(net: LinkNet, spec: WorkerSpec, token: string, children: Set<ChildProcess>, log: (m: string) => void): Promise<RateResult> {
   const script = fileURLToPath(import.meta.url);
   const runs = net.ranks.map(
     (ns, r) =>
@@ -264,18 +336,30 @@ async function runRate(net: LinkNet, spec: WorkerSpec, token: string, children: 
   }
   const line = res[0]!.out.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
   if (!line) throw new Error('bench link: rank 0 reported no result');
-  return JSON.parse(line.slice(RESULT_PREFIX.length)) as WorkerResult[];
+  return JSON.parse(line.slice(RESULT_PREFIX.length)) as RateResult;
 }
 
-/** Speedups and the cost model's prediction for one rate's results. */
-export function linkRecords(rate: string, bps: number, tp: number, results: WorkerResult[]): LinkRecord[] {
+/**
+ * Speedups and the cost model's prediction (docs §7) for one rate's results. With the link measured as
+ * T(b) = α + b·β per all-reduce of b payload bytes per rank (β includes the ring's 2(N−1)/N and what
+ * the transport and the shaper really achieve), the communication time of a step at p is
+ * M(p) = calls(p)·α + bytes(p)·β, where only the blocks' partial all-reduces scale with p (the
+ * embedding all-reduce both ways, the cross-entropy reductions and the gradient finalisation do not),
+ * and the prediction is (C + M(1)) / (C + M(p)) with C the measured non-communication time at p = 1.
+ * `nominal_predicted_speedup` uses the nominal rate instead: β = 2(N−1)/N · 8 / rate, α = 0.
+ */
+export function linkRecords(rate: string, bps: number, tp: number, res: RateResult): LinkRecord[] {
   const out: LinkRecord[] = [];
+  const { alpha_ms: alpha, ms_per_byte: beta } = res.calibration;
+  const betaNominal = (((2 * (tp - 1)) / tp) * 8 * 1000) / bps;
   for (const phase of ['train', 'prefill'] as const) {
-    const rows = results.filter((r) => r.phase === phase);
+    const rows = res.results.filter((r) => r.phase === phase);
     const base = rows.find((r) => r.p === 1);
     if (!base) continue;
     const C = Math.max(0, base.ms - base.comm_ms);
-    const M = ((2 * (tp - 1)) / tp) * base.bytes * 8 / bps * 1000;
+    const fixedBytes = base.bytes - base.block_bytes;
+    const fixedCalls = base.calls - base.block_calls;
+    const M = (p: number, a: number, b: number): number => (fixedCalls + (p > 0 ? base.block_calls : 0)) * a + (fixedBytes + p * base.block_bytes) * b;
     for (const r of rows) {
       out.push({
         rate,
@@ -286,7 +370,10 @@ export function linkRecords(rate: string, bps: number, tp: number, results: Work
         comm_ms: r.comm_ms,
         bytes: r.bytes,
         speedup: base.ms / r.ms,
-        predicted_speedup: (C + M) / (C + r.p * M),
+        predicted_speedup: (C + M(1, alpha, beta)) / (C + M(r.p, alpha, beta)),
+        nominal_predicted_speedup: (C + M(1, 0, betaNominal)) / (C + M(r.p, 0, betaNominal)),
+        link_alpha_ms: alpha,
+        link_gbps: (((2 * (tp - 1)) / tp) * 8) / beta / 1e6,
       });
     }
   }
@@ -349,12 +436,13 @@ export async function benchLinkCommand(o: BenchLinkOptions): Promise<void> {
       const recs = linkRecords(rates[i]!, bpsOf[i]!, tp, res);
       if (o.json) for (const r of recs) process.stdout.write(`${JSON.stringify(r)}\n`);
       else {
-        process.stdout.write(`\nlink ${rates[i]}, TP ${tp}\n`);
-        process.stdout.write(`${'phase'.padEnd(8)}${'p'.padStart(5)}${'ms'.padStart(10)}${'comm ms'.padStart(10)}${'MB/rank'.padStart(10)}${'speedup'.padStart(9)}${'predicted'.padStart(11)}\n`);
+        const r0 = recs[0];
+        process.stdout.write(`\nlink ${rates[i]}, TP ${tp}${r0 ? `: measured ${r0.link_gbps.toFixed(3)} Gbit/s effective, ${r0.link_alpha_ms.toFixed(2)} ms per all-reduce` : ''}\n`);
+        process.stdout.write(`${'phase'.padEnd(8)}${'p'.padStart(5)}${'ms'.padStart(10)}${'comm ms'.padStart(10)}${'MB/rank'.padStart(10)}${'speedup'.padStart(9)}${'predicted'.padStart(11)}${'(nominal)'.padStart(11)}\n`);
         for (const r of recs) {
           process.stdout.write(
             `${r.phase.padEnd(8)}${r.p.toFixed(2).padStart(5)}${r.ms.toFixed(1).padStart(10)}${r.comm_ms.toFixed(1).padStart(10)}${(r.bytes / 1e6).toFixed(2).padStart(10)}` +
-              `${r.speedup.toFixed(2).padStart(9)}${r.predicted_speedup.toFixed(2).padStart(11)}\n`,
+              `${r.speedup.toFixed(2).padStart(9)}${r.predicted_speedup.toFixed(2).padStart(11)}${r.nominal_predicted_speedup.toFixed(2).padStart(11)}\n`,
           );
         }
       }

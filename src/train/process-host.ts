@@ -26,18 +26,12 @@
  *   only this process's rank; ranks other than 0 discard their standard output and print only errors.
  */
 import { createHash } from 'node:crypto';
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { selectBackend } from '../backend/index.js';
 import type { Backend, FloatArray } from '../backend/types.js';
 import { UserError } from '../cli/run.js';
-import { prepareData } from '../data/dataset.js';
-import type { Tokenizer } from '../data/tokenizer.js';
-import { loadTokenizer, saveTokenizer } from '../data/tokenizers.js';
-import { writeFileAtomic } from '../io/atomic.js';
-import { loadCheckpoint, pruneCheckpoints, writeCheckpoint, type FullTensors } from '../io/checkpoint.js';
+import type { FullTensors } from '../io/checkpoint.js';
 import { detectLaunch, type LaunchInfo } from '../launch/env.js';
-import { countParams, resolveConfig, type ResolvedConfig } from '../model/config.js';
+import type { ResolvedConfig } from '../model/config.js';
 import type { VirtualModel } from '../model/harness.js';
 import { RankModel } from '../model/model.js';
 import { paramSpecs, placeShard } from '../model/params.js';
@@ -46,9 +40,9 @@ import { joinMpiGroup } from '../tp/mpi.js';
 import { configDifference, rendezvous } from '../tp/rendezvous.js';
 import type { TcpCommunicator } from '../tp/tcp.js';
 import { chooseTransport } from '../tp/transport-select.js';
-import { createRankStates, runHost, type HostEvent, type ShardEvent, type StartState } from './loop.js';
-import { Progress } from './progress.js';
-import { makeBatchSource, makeValBatches, stepRecord, type RunSpec, type TrainResult } from './trainer.js';
+import { createRankStates, runHost, type HostEvent, type ShardEvent } from './loop.js';
+import { describeRun, openRun, prepareRun, RunWriter, writeRunFiles, type RunSpec, type TrainResult } from './run.js';
+import { makeBatchSource, makeValBatches } from './trainer.js';
 
 /** This process's place in a multi-process job, and how long to wait for the others. */
 export interface ProcessLaunch {
@@ -300,111 +294,43 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     exitSoon();
     throw e;
   }
-  let metrics: number | undefined;
-  let progress: Progress | undefined;
-  let pendingStep: Record<string, unknown> | undefined;
-  const flushStep = (): void => {
-    if (pendingStep && metrics !== undefined) fs.writeSync(metrics, `${JSON.stringify(pendingStep)}\n`);
-    pendingStep = undefined;
-  };
+  let writer: RunWriter | undefined;
   try {
-    let runDir: string;
-    let start: StartState = { step: 0, tokensSeen: 0 };
-    let tokenizer: Tokenizer | undefined;
-    if (opts.resume) {
-      runDir = opts.resume;
-      const ck = loadCheckpoint(runDir);
-      start = { step: ck.state.step, tokensSeen: ck.state.tokensSeen, loader: ck.state.loader, params: ck.params, m: ck.m, v: ck.v };
-      tokenizer = loadTokenizer(path.join(runDir, 'tokenizer.json'));
-      log(`resuming ${runDir} from ${path.basename(ck.dir)} (step ${ck.state.step})`);
-    } else {
-      runDir = opts.runDir ?? path.join('runs', new Date().toISOString().replace(/[:.]/g, '-').replace('Z', ''));
-      if (lead) {
-        if (fs.existsSync(path.join(runDir, 'latest'))) {
-          throw new UserError(`${runDir} already holds a run; use --resume ${runDir} to continue it, or choose another --out`);
-        }
-        fs.mkdirSync(runDir, { recursive: true });
-      }
-    }
-    const data = prepareData({
-      corpus: spec.data.corpus,
-      tokenizer: tokenizer ?? spec.data.tokenizer,
-      vocabSize: spec.data.vocabSize,
-      valFraction: spec.data.valFraction,
-      cacheDir: spec.data.cacheDir,
-      log,
-    });
-    tokenizer = data.tokenizer;
+    const { runDir, start, tokenizer } = openRun(opts, lead, log);
+    const { data, cfg } = prepareRun(spec, tokenizer, log);
     // Every rank must train on the same tokens; preparing them may take one rank much longer.
     const digest = tokenDigest(data.train.tokens, data.val.tokens);
     const digests = (await eachRank(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => gatherNumber(c, digest, 'data.digest'))))[0]!;
     if (digests[comms[0]!.rank] !== digests[0]) {
       throw new Error(`the tokenised data on rank ${comms[0]!.rank} differs from rank 0's (different corpus files, tokenizer or cache on this host?)`);
     }
-    const cfg = resolveConfig({ ...spec.model, vocab: tokenizer.vocabSize }, spec.parallel, 'model config');
-    if (spec.train.seqLen > cfg.model.seqLen) throw new Error(`train seqLen ${spec.train.seqLen} exceeds the model's seqLen ${cfg.model.seqLen}`);
-    for (const n of cfg.notes) log(`note: ${n}`);
-    if (lead && !opts.resume) {
-      saveTokenizer(path.join(runDir, 'tokenizer.json'), tokenizer);
-      writeFileAtomic(path.join(runDir, 'run.json'), `${JSON.stringify({ ...spec, model: cfg.model, parallel: cfg.parallel, shared: cfg.shared }, null, 2)}\n`);
-    }
-    log(
-      `model: ${(countParams(cfg) / 1e6).toFixed(2)}M parameters (h ${cfg.model.hidden}, L ${cfg.model.layers}, heads ${cfg.model.heads}/${cfg.model.kvHeads}, F ${cfg.model.ffn}, V ${cfg.vocab}); ` +
-        `TP ${cfg.parallel.tp} on ${p.launch.worldSize} processes over ${p.mpi ? 'MPI' : 'TCP'}, p ${cfg.parallel.p} (shared ${cfg.shared}/${cfg.model.hidden}), private scale ${cfg.parallel.privateScale}; ` +
-        `train ${data.train.tokens.length} tokens, val ${data.val.tokens.length} tokens`,
-    );
-    if (lead) {
-      pruneCheckpoints(runDir, 0); // temporary folders of an interrupted earlier writer
-      metrics = fs.openSync(path.join(runDir, 'metrics.jsonl'), 'a');
-      progress = new Progress(spec.train.steps, start.step);
-    }
-    let finalLoss = NaN;
-    let finalValLoss: number | undefined;
+    if (lead && !opts.resume) writeRunFiles(runDir, spec, cfg, data.tokenizer);
+    log(describeRun(cfg, data, ` on ${p.launch.worldSize} processes over ${p.mpi ? 'MPI' : 'TCP'}`));
+    if (lead) writer = new RunWriter(runDir, cfg, spec, start.step);
     const shardEvents: ShardEvent[] = [];
     const onEvent = async (e: HostEvent): Promise<void> => {
-      if (e.type === 'step') {
-        flushStep();
-        finalLoss = e.loss;
-        pendingStep = stepRecord(e, cfg);
-        progress?.update(e.step, e.loss, e.tokens / (e.ms / 1000));
-      } else if (e.type === 'eval') {
-        finalValLoss = e.valLoss;
-        if (pendingStep && pendingStep['step'] === e.step) {
-          pendingStep['val_loss'] = e.valLoss;
-          pendingStep['val_ppl'] = Math.exp(e.valLoss);
-        }
-        progress?.note(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)} (perplexity ${Math.exp(e.valLoss).toFixed(2)})`);
-      } else {
-        // Every local rank reports its shards in turn; assemble once all of them have (collectively).
-        shardEvents.push(e);
-        if (shardEvents.length < comms.length) return;
-        const events = shardEvents.splice(0);
-        const full = (await eachRank(comms, (c) => assembleShards(c, cfg, events.find((x) => x.rank === c.rank)!)))[0]!;
-        if (lead) {
-          flushStep();
-          const dir = writeCheckpoint(runDir, cfg, full, { step: e.step, tokensSeen: e.tokensSeen, loader: e.loader, train: spec.train as unknown as Record<string, unknown> });
-          pruneCheckpoints(runDir, spec.train.keepCheckpoints);
-          progress?.note(`checkpoint ${dir}`);
-        }
-        // The other ranks wait here while rank 0 writes (it may take longer than a collective).
-        await eachRank(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => c.barrier('ckpt.written')));
-      }
+      if (e.type !== 'shards') return writer?.onEvent(e);
+      // Every local rank reports its shards in turn; assemble once all of them have (collectively).
+      shardEvents.push(e);
+      if (shardEvents.length < comms.length) return;
+      const events = shardEvents.splice(0);
+      const full = (await eachRank(comms, (c) => assembleShards(c, cfg, events.find((x) => x.rank === c.rank)!)))[0]!;
+      writer?.checkpoint(full, e);
+      // The other ranks wait here while rank 0 writes (it may take longer than a collective).
+      await eachRank(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => c.barrier('ckpt.written')));
     };
     const ranks = createRankStates(cfg, spec.train, be, comms, start);
     await runHost({ ranks, train: spec.train, data: makeBatchSource(data.train.tokens, spec.train), val: makeValBatches(data.val.tokens, spec.train), start, emit: onEvent });
-    flushStep();
+    writer?.close();
     const seconds = (performance.now() - t0) / 1000;
-    progress?.stop();
-    log(`done: ${spec.train.steps} steps in ${seconds.toFixed(1)} s; final train loss ${finalLoss.toFixed(4)}${finalValLoss !== undefined ? `, validation loss ${finalValLoss.toFixed(4)}` : ''}; run folder ${runDir}`);
-    return { runDir, finalLoss, finalValLoss, steps: spec.train.steps, seconds };
+    if (writer) log(writer.summary(seconds));
+    return { runDir, finalLoss: writer?.finalLoss ?? NaN, finalValLoss: writer?.finalValLoss, steps: spec.train.steps, seconds };
   } catch (e) {
     for (const c of comms) c.abort(e);
     exitSoon();
     throw e;
   } finally {
-    flushStep();
-    if (metrics !== undefined) fs.closeSync(metrics);
-    progress?.stop();
+    writer?.close();
     await Promise.all(comms.map((c) => c.close()));
   }
 }
