@@ -107,6 +107,10 @@ class LinkNet {
       sh('ip', ['-n', ns, 'addr', 'add', `${SUBNET}.${r + 1}/24`, 'dev', `r${r}`]);
       sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
       sh('ip', ['-n', ns, 'link', 'set', `r${r}`, 'up']);
+      // Collectives alternate with compute, leaving each connection idle for a while; by default TCP
+      // then shrinks its congestion window back to the initial one and every message starts slowly.
+      // Clusters running TCP collectives turn that off (it is a per-namespace setting).
+      sh('ip', ['netns', 'exec', ns, 'sysctl', '-q', '-w', 'net.ipv4.tcp_slow_start_after_idle=0']);
     });
   }
 
