@@ -15,7 +15,7 @@
  * - prefill: a forward pass with a KV cache over 512 tokens (2 sequences of 256), as in generation.
  * Reported per p: median step time, time inside collectives (comm_ms, rank 0, waiting included),
  * payload bytes per rank, speedup over p = 1, and the cost model's prediction (docs §7)
- * (C + M(1)) / (C + M(p)), with C the measured non-communication time at p = 1 and M(p) the step's
+ * (C + M(1)) / (C + M(p)), with C the measured non-communication time at p = 0 and M(p) the step's
  * communication time on this link: every all-reduce costs α + b·β for b payload bytes per rank, α and β
  * measured on the shaped link with the transport itself (4 KiB and 16 MiB all-reduces), and only the
  * blocks' partial all-reduces scale with p (see linkRecords). The prediction from the nominal rate
@@ -349,7 +349,7 @@ async function runRate(net: LinkNet, spec: WorkerSpec, token: string, children: 
  * the transport and the shaper really achieve), the communication time of a step at p is
  * M(p) = calls(p)·α + bytes(p)·β, where only the blocks' partial all-reduces scale with p (the
  * embedding all-reduce both ways, the cross-entropy reductions and the gradient finalisation do not),
- * and the prediction is (C + M(1)) / (C + M(p)) with C the measured non-communication time at p = 1.
+ * and the prediction is (C + M(1)) / (C + M(p)) with C the measured non-communication time at p = 0.
  * `nominal_predicted_speedup` uses the nominal rate instead: β = 2(N−1)/N · 8 / rate, α = 0.
  */
 export function linkRecords(rate: string, bps: number, tp: number, res: RateResult): LinkRecord[] {
@@ -360,7 +360,11 @@ export function linkRecords(rate: string, bps: number, tp: number, res: RateResu
     const rows = res.results.filter((r) => r.phase === phase);
     const base = rows.find((r) => r.p === 1);
     if (!base) continue;
-    const C = Math.max(0, base.ms - base.comm_ms);
+    // Compute time: the non-communication time where the link carries least (p = 0). At p = 1 it
+    // comes out larger on a small machine, since the kernel's network processing (veth, bridge,
+    // shaper, TCP) runs on the same cores as the compute.
+    const quiet = rows.find((r) => r.p === 0) ?? base;
+    const C = Math.max(0, quiet.ms - quiet.comm_ms);
     const fixedBytes = base.bytes - base.block_bytes;
     const fixedCalls = base.calls - base.block_calls;
     const M = (p: number, a: number, b: number): number => (fixedCalls + (p > 0 ? base.block_calls : 0)) * a + (fixedBytes + p * base.block_bytes) * b;
