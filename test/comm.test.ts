@@ -6,43 +6,11 @@ import { CommAbortedError, type Communicator } from '../src/tp/comm.js';
 import { launchThreadGroup } from '../src/tp/threads.js';
 import { CommMismatchError } from '../src/tp/transport-common.js';
 import { createVirtualGroup } from '../src/tp/virtual.js';
-import { fillTricky, type Floats, type MixedResult, mixedSequence, mulberry32, type ScenarioData } from './helpers/comm-worker.js';
+import { fillTricky, type MixedResult, mixedSequence, mulberry32, type ScenarioData } from './helpers/comm-worker.js';
+import { assertBitwise, runRanks, values } from './helpers/ranks.js';
 
 const WORKER = new URL('./helpers/comm-worker.js', import.meta.url);
 
-function bits(a: Floats): Buffer {
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-}
-
-function assertBitwise(actual: Floats, expected: Floats, what: string): void {
-  assert.equal(actual.constructor, expected.constructor, `${what}: element type`);
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  if (!bits(actual).equals(bits(expected))) {
-    const i = actual.findIndex((v, k) => !Object.is(v, expected[k]));
-    assert.fail(`${what}: differs at ${i}: ${actual[i]} vs ${expected[i]}`);
-  }
-}
-
-/** Run every rank's task; a task that throws aborts the group (what the launchers do). */
-async function runRanks<T>(comms: Communicator[], fn: (c: Communicator) => Promise<T>): Promise<PromiseSettledResult<T>[]> {
-  return Promise.allSettled(
-    comms.map(async (c) => {
-      try {
-        return await fn(c);
-      } catch (e) {
-        c.abort(e);
-        throw e;
-      }
-    }),
-  );
-}
-
-function values<T>(rs: PromiseSettledResult<T>[]): T[] {
-  return rs.map((r) => {
-    if (r.status === 'rejected') throw r.reason;
-    return r.value;
-  });
-}
 
 /** Fixed-order reference: out = x0; out = fround(out + x1); … */
 function refSum32(xs: Float32Array[], n: number, offs: number[] = xs.map(() => 0)): Float32Array {

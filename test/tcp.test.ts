@@ -15,42 +15,10 @@ import { configDifference } from '../src/tp/rendezvous.js';
 import { CommMismatchError } from '../src/tp/transport-common.js';
 import { createVirtualGroup } from '../src/tp/virtual.js';
 import { fillTricky, type Floats, type MixedResult, mixedSequence, mulberry32 } from './helpers/comm-worker.js';
+import { assertBitwise, bits, runRanks, values } from './helpers/ranks.js';
 import { repoRoot } from './helpers/paths.js';
 import { closeAll, localTcpGroup, startLocalTcpGroup } from './helpers/tcp-group.js';
 
-function bits(a: Floats): Buffer {
-  return Buffer.from(a.buffer, a.byteOffset, a.byteLength);
-}
-
-function assertBitwise(actual: Floats, expected: Floats, what: string): void {
-  assert.equal(actual.constructor, expected.constructor, `${what}: element type`);
-  assert.equal(actual.length, expected.length, `${what}: length`);
-  if (!bits(actual).equals(bits(expected))) {
-    const i = actual.findIndex((v, k) => !Object.is(v, expected[k]));
-    assert.fail(`${what}: differs at ${i}: ${actual[i]} vs ${expected[i]}`);
-  }
-}
-
-/** Run every rank's task; a task that throws aborts the group. */
-async function runRanks<T>(comms: Communicator[], fn: (c: Communicator) => Promise<T>): Promise<PromiseSettledResult<T>[]> {
-  return Promise.allSettled(
-    comms.map(async (c) => {
-      try {
-        return await fn(c);
-      } catch (e) {
-        c.abort(e);
-        throw e;
-      }
-    }),
-  );
-}
-
-function values<T>(rs: PromiseSettledResult<T>[]): T[] {
-  return rs.map((r) => {
-    if (r.status === 'rejected') throw r.reason;
-    return r.value;
-  });
-}
 
 function assertSameMixed(got: MixedResult[], want: MixedResult[], what: string): void {
   assert.equal(got.length, want.length);

@@ -385,11 +385,6 @@ export function loadWasmBackend(_opts: BackendOptions = {}): Backend {
   return backend;
 }
 
-/** Elements spanned by a strided [rows, cols] matrix with leading dimension ld. */
-function span(rows: number, cols: number, ld: number): number {
-  return rows === 0 || cols === 0 ? 0 : (rows - 1) * ld + cols;
-}
-
 function rawWasmBackend(rt: WasmRuntime): Backend {
   const k = rt.k;
   const F = false;

@@ -3,7 +3,7 @@
  * fixture tests and the parity tests; a run with worker threads must agree with it bit for bit.
  */
 import type { Backend, FloatArray } from '../backend/types.js';
-import type { Communicator } from '../tp/comm.js';
+import { runOnRanks, type Communicator } from '../tp/comm.js';
 import { createVirtualGroup } from '../tp/virtual.js';
 import type { ResolvedConfig } from './config.js';
 import { RankModel } from './model.js';
@@ -20,19 +20,7 @@ export class VirtualModel {
 
   /** Run fn on every rank concurrently; rejects (after all ranks settle) with the first error. */
   async all<T>(fn: (m: RankModel, r: number) => Promise<T>): Promise<T[]> {
-    const res = await Promise.allSettled(
-      this.ranks.map(async (m, r) => {
-        try {
-          return await fn(m, r);
-        } catch (e) {
-          this.comms[r]!.abort(e);
-          throw e;
-        }
-      }),
-    );
-    const bad = res.find((x) => x.status === 'rejected') as PromiseRejectedResult | undefined;
-    if (bad) throw bad.reason;
-    return res.map((x) => (x as PromiseFulfilledResult<T>).value);
+    return runOnRanks(this.comms, (_, r) => fn(this.ranks[r]!, r));
   }
 
   /** One forward + backward of the mean loss with finalised gradients. Returns the loss. */

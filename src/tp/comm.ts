@@ -79,3 +79,24 @@ export function bytesByPrefix(stats: CommStats): Record<string, number> {
   for (const [tag, b] of stats.bytes) out[tag] = (out[tag] ?? 0) + b;
   return out;
 }
+
+/**
+ * Run fn for every rank hosted here, concurrently (collectives need all of them to make progress). A
+ * rank whose fn throws poisons the group (abort), so the others fail instead of waiting forever; once
+ * every rank has settled, the first error is rethrown, else every rank's value is returned.
+ */
+export async function runOnRanks<T>(comms: readonly Communicator[], fn: (comm: Communicator, index: number) => Promise<T>): Promise<T[]> {
+  const res = await Promise.allSettled(
+    comms.map(async (c, i) => {
+      try {
+        return await fn(c, i);
+      } catch (e) {
+        c.abort(e);
+        throw e;
+      }
+    }),
+  );
+  const bad = res.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (bad) throw bad.reason;
+  return res.map((r) => (r as PromiseFulfilledResult<T>).value);
+}

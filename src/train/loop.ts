@@ -8,7 +8,7 @@ import type { Backend } from '../backend/types.js';
 import type { ResolvedConfig } from '../model/config.js';
 import { RankModel } from '../model/model.js';
 import { sliceShard } from '../model/params.js';
-import type { Communicator } from '../tp/comm.js';
+import { runOnRanks, type Communicator } from '../tp/comm.js';
 import { AdamW } from './adamw.js';
 import type { TrainConfig } from './config.js';
 import { lrAt } from './schedule.js';
@@ -90,19 +90,7 @@ export function createRankStates(cfg: ResolvedConfig, train: TrainConfig, be: Ba
 
 /** Run fn on every local rank concurrently; a failing rank poisons the group so no rank hangs. */
 export async function allRanks<T>(ranks: RankState[], fn: (r: RankState) => Promise<T>): Promise<T[]> {
-  const res = await Promise.allSettled(
-    ranks.map(async (r) => {
-      try {
-        return await fn(r);
-      } catch (e) {
-        r.model.comm.abort(e);
-        throw e;
-      }
-    }),
-  );
-  const bad = res.find((x) => x.status === 'rejected') as PromiseRejectedResult | undefined;
-  if (bad) throw bad.reason;
-  return res.map((x) => (x as PromiseFulfilledResult<T>).value);
+  return runOnRanks(ranks.map((r) => r.model.comm), (_, i) => fn(ranks[i]!));
 }
 
 /** One optimiser step on one rank over the micro-batches; returns [mean loss, grad norm]. */

@@ -35,7 +35,7 @@ import type { ResolvedConfig } from '../model/config.js';
 import type { VirtualModel } from '../model/harness.js';
 import { RankModel } from '../model/model.js';
 import { paramSpecs, placeShard } from '../model/params.js';
-import type { CommStats, Communicator, ReduceOp } from '../tp/comm.js';
+import { runOnRanks, type CommStats, type Communicator, type ReduceOp } from '../tp/comm.js';
 import { joinMpiGroup } from '../tp/mpi.js';
 import { configDifference, rendezvous } from '../tp/rendezvous.js';
 import type { TcpCommunicator } from '../tp/tcp.js';
@@ -176,23 +176,6 @@ export async function joinRanks(p: ProcessLaunch, ranks: number[], tp: number, c
   return ok;
 }
 
-/** Run fn for every local rank at once (collectives need all of them); the first error aborts them all. */
-async function eachRank<T>(comms: Communicator[], fn: (c: Communicator, i: number) => Promise<T>): Promise<T[]> {
-  const res = await Promise.allSettled(
-    comms.map(async (c, i) => {
-      try {
-        return await fn(c, i);
-      } catch (e) {
-        c.abort(e);
-        throw e;
-      }
-    }),
-  );
-  const bad = res.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (bad) throw bad.reason;
-  return res.map((r) => (r as PromiseFulfilledResult<T>).value);
-}
-
 /** The long wait used where one rank alone may be busy (data preparation, checkpoint writing). */
 function longWaitMs(p: ProcessLaunch): number {
   return Math.max(10 * p.timeoutMs, 600_000);
@@ -300,7 +283,7 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     const { data, cfg } = prepareRun(spec, tokenizer, log);
     // Every rank must train on the same tokens; preparing them may take one rank much longer.
     const digest = tokenDigest(data.train.tokens, data.val.tokens);
-    const digests = (await eachRank(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => gatherNumber(c, digest, 'data.digest'))))[0]!;
+    const digests = (await runOnRanks(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => gatherNumber(c, digest, 'data.digest'))))[0]!;
     if (digests[comms[0]!.rank] !== digests[0]) {
       throw new Error(`the tokenised data on rank ${comms[0]!.rank} differs from rank 0's (different corpus files, tokenizer or cache on this host?)`);
     }
@@ -314,10 +297,10 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
       shardEvents.push(e);
       if (shardEvents.length < comms.length) return;
       const events = shardEvents.splice(0);
-      const full = (await eachRank(comms, (c) => assembleShards(c, cfg, events.find((x) => x.rank === c.rank)!)))[0]!;
+      const full = (await runOnRanks(comms, (c) => assembleShards(c, cfg, events.find((x) => x.rank === c.rank)!)))[0]!;
       writer?.checkpoint(full, e);
       // The other ranks wait here while rank 0 writes (it may take longer than a collective).
-      await eachRank(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => c.barrier('ckpt.written')));
+      await runOnRanks(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => c.barrier('ckpt.written')));
     };
     const ranks = createRankStates(cfg, spec.train, be, comms, start);
     await runHost({ ranks, train: spec.train, data: makeBatchSource(data.train.tokens, spec.train), val: makeValBatches(data.val.tokens, spec.train), start, emit: onEvent });
@@ -417,7 +400,7 @@ export class ProcessModel {
   }
 
   async all<T>(fn: (m: RankModel, r: number) => Promise<T>): Promise<T[]> {
-    return eachRank(this.comms, (_, i) => fn(this.ranks[i]!, i));
+    return runOnRanks(this.comms, (_, i) => fn(this.ranks[i]!, i));
   }
 
   async lossAndGrads(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
