@@ -109,8 +109,13 @@ const ADDON_FILES: Record<NativeBlas, readonly string[]> = {
   openblas: ['caatnet_native_openblas.node', 'caatnet_native.node'],
 };
 
-/** native/build/Release of the package that holds this file (dist/src/backend or src/backend). */
+/**
+ * Where the addons are: CAAT_NATIVE_ADDON_DIR when set (a build kept elsewhere), else
+ * native/build/Release of the package that holds this file (dist/src/backend or src/backend).
+ */
 function releaseDir(): string | undefined {
+  const override = process.env['CAAT_NATIVE_ADDON_DIR'];
+  if (override) return override;
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
     const cand = join(dir, 'native', 'build', 'Release');
