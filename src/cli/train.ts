@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { z } from 'zod';
-import { ConfigError, formatZodError, ModelConfigSchema, ParallelConfigSchema } from '../model/config.js';
+import { ConfigError, formatZodError, ModelConfigSchema, ParallelConfigSchema, resolveConfig } from '../model/config.js';
 import { parseTrainConfig } from '../train/config.js';
 import { train, type RunSpec } from '../train/trainer.js';
 import { UserError } from './run.js';
@@ -164,8 +164,8 @@ export async function trainCommand(f: TrainFlags): Promise<void> {
   if (mode === 'idle') return;
   const spec = buildRunSpec(f);
   if (f.transport === 'virtual') spec.workers = 0;
-  // Validate the model/parallel combination before touching any data (the vocab is checked later).
-  const { resolveConfig } = await import('../model/config.js');
-  resolveConfig({ ...spec.model, vocab: 1 * (Number(spec.parallel.tp ?? 1)) }, spec.parallel, f.config ?? 'command line');
+  // Validate the model/parallel combination before touching any data (any vocab that the TP degree
+  // divides will do here; the tokenizer's is checked once it is known).
+  resolveConfig({ ...spec.model, vocab: Number(spec.parallel['tp'] ?? 1) }, spec.parallel, f.config ?? 'command line');
   await train(spec, { runDir: f.out, resume: f.resume, ...(mode ? { process: mode } : {}) });
 }
