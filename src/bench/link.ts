@@ -9,7 +9,9 @@
  * switch port, with a 32 KiB bucket so that bursts cannot hide a message's time on the link. Every namespace made is deleted at the end, also on failure, SIGINT or SIGTERM.
  *
  * WORK. For each rate (default 1 Gbit/s, then 100 Mbit/s), TP ranks (2, or 4 with --tp 4) run in their
- * namespaces as separate processes joined by the TCP transport, on the small bench configuration
+ * namespaces as separate processes joined by the TCP transport and then by the MPI transport
+ * (--transport tcp|mpi|both; both by default when Open MPI's mpirun and the MPI addon are there), on
+ * the small bench configuration
  * (src/bench/train.ts BENCH_CONFIGS.small) with synthetic tokens, for p = 1, 0.75, 0.5, 0.25 and 0:
  * - train: one warm-up step, then --steps timed training steps (median);
  * - prefill: a forward pass with a KV cache over 512 tokens (2 sequences of 256), as in generation.
@@ -20,9 +22,17 @@
  * measured on the shaped link with the transport itself (4 KiB and 16 MiB all-reduces), and only the
  * blocks' partial all-reduces scale with p (see linkRecords). The prediction from the nominal rate
  * alone is reported beside it.
+ *
+ * MPI. mpirun starts in rank 0's namespace with one "host" per rank, its address 10.231.0.(r+1), and an
+ * rsh agent (a generated shell script, see rshAgentScript) that runs Open MPI's daemon for a host inside
+ * that host's namespace. MPI traffic goes through the TCP BTL on the shaped rN interfaces only (pml
+ * ob1, btl tcp,self: no shared memory, no UCX), with yielding when idle since the ranks share the
+ * cores. The agent, the hostfile and Open MPI's session directories live in one temporary directory,
+ * removed at the end like the namespaces.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { selectBackend } from '../backend/index.js';
@@ -31,6 +41,7 @@ import { resolveConfig } from '../model/config.js';
 import { parseTrainConfig } from '../train/config.js';
 import { createRankStates, rankTrainStep, type Batch } from '../train/loop.js';
 import type { Communicator } from '../tp/comm.js';
+import { findMpirun, joinMpiGroup, loadMpiAddon } from '../tp/mpi.js';
 import { rendezvous } from '../tp/rendezvous.js';
 import { describeMachine, formatMachine } from './machine.js';
 import { BENCH_CONFIGS } from './train.js';
@@ -40,7 +51,11 @@ const SUBNET = '10.231.0';
 const PORT = 29500;
 const RESULT_PREFIX = 'CAAT_LINK_RESULT ';
 
+export type LinkTransport = 'tcp' | 'mpi';
+
 export interface LinkRecord {
+  /** The transport that carried the collectives. */
+  transport: LinkTransport;
   rate: string;
   tp: number;
   p: number;
@@ -126,6 +141,20 @@ class LinkNet {
   }
 
   remove(): void {
+    // Whatever still runs inside the namespaces (ranks, Open MPI's daemons) goes first: a deleted
+    // namespace's name disappears, but the namespace lives on while processes hold it.
+    for (const ns of this.made) {
+      const r = spawnSync('ip', ['netns', 'pids', ns], { encoding: 'utf8' });
+      for (const pid of (r.stdout ?? '').split(/\s+/).map(Number)) {
+        if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+      }
+    }
     while (this.made.length > 0) {
       const ns = this.made.pop()!;
       spawnSync('ip', ['netns', 'del', ns]);
@@ -138,6 +167,7 @@ class LinkNet {
 // ---------------------------------------------------------------------------------------------------
 
 interface WorkerSpec {
+  transport: LinkTransport;
   tp: number;
   steps: number;
   batch: number;
@@ -215,17 +245,23 @@ function syntheticBatch(B: number, T: number, V: number, seed: number): Batch {
 
 async function worker(): Promise<void> {
   const spec = JSON.parse(process.env['CAAT_LINK_SPEC'] ?? '{}') as WorkerSpec;
-  const rank = Number(process.env['RANK']);
-  const comm = await rendezvous({
-    rank,
-    size: spec.tp,
-    masterAddr: `${SUBNET}.1`,
-    masterPort: PORT,
-    token: process.env['CAAT_JOB_TOKEN'] ?? '',
-    tokenLabel: 'CAAT_JOB_TOKEN',
-    config: spec,
-    timeoutMs: 120_000,
-  });
+  let comm: Communicator & { close(): Promise<void> };
+  if (spec.transport === 'mpi') {
+    comm = await joinMpiGroup(spec);
+    if (comm.size !== spec.tp) throw new Error(`bench link: mpirun started ${comm.size} ranks, expected ${spec.tp}`);
+  } else {
+    comm = await rendezvous({
+      rank: Number(process.env['RANK']),
+      size: spec.tp,
+      masterAddr: `${SUBNET}.1`,
+      masterPort: PORT,
+      token: process.env['CAAT_JOB_TOKEN'] ?? '',
+      tokenLabel: 'CAAT_JOB_TOKEN',
+      config: spec,
+      timeoutMs: 120_000,
+    });
+  }
+  const rank = comm.rank;
   try {
     const be = selectBackend(spec.backend, { quiet: true });
     const c = BENCH_CONFIGS.small;
@@ -312,25 +348,44 @@ interface RateResult {
   results: WorkerResult[];
 }
 
+interface ChildRun {
+  code: number | null;
+  out: string;
+  err: string;
+}
+
+/** Collects a child's output until it closes; `children` holds it meanwhile (for cleanup). */
+function collect(child: ChildProcess, children: Set<ChildProcess>): Promise<ChildRun> {
+  children.add(child);
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
+  return new Promise((resolve) => {
+    child.on('error', (e) => (err += `${e.message}\n`));
+    child.on('close', (code) => {
+      children.delete(child);
+      resolve({ code, out, err });
+    });
+  });
+}
+
+function resultOf(out: string): RateResult {
+  const line = out.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
+  if (!line) throw new Error('bench link: rank 0 reported no result');
+  return JSON.parse(line.slice(RESULT_PREFIX.length)) as RateResult;
+}
+
 async function runRate(net: LinkNet, spec: WorkerSpec, token: string, children: Set<ChildProcess>, log: (m: string) => void): Promise<RateResult> {
   const script = fileURLToPath(import.meta.url);
-  const runs = net.ranks.map(
-    (ns, r) =>
-      new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-        const child = spawn('ip', ['netns', 'exec', ns, process.execPath, script, '--worker'], {
-          env: { ...process.env, RANK: String(r), CAAT_LINK_SPEC: JSON.stringify(spec), CAAT_JOB_TOKEN: token },
-          stdio: ['ignore', 'pipe', 'pipe'],
-        });
-        children.add(child);
-        let out = '';
-        let err = '';
-        child.stdout!.on('data', (c: Buffer) => (out += c.toString()));
-        child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
-        child.on('close', (code) => {
-          children.delete(child);
-          resolve({ code, out, err });
-        });
+  const runs = net.ranks.map((ns, r) =>
+    collect(
+      spawn('ip', ['netns', 'exec', ns, process.execPath, script, '--worker'], {
+        env: { ...process.env, RANK: String(r), CAAT_LINK_SPEC: JSON.stringify(spec), CAAT_JOB_TOKEN: token },
+        stdio: ['ignore', 'pipe', 'pipe'],
       }),
+      children,
+    ),
   );
   const res = await Promise.all(runs);
   const bad = res.findIndex((x) => x.code !== 0);
@@ -338,9 +393,150 @@ async function runRate(net: LinkNet, spec: WorkerSpec, token: string, children: 
     for (const [r, x] of res.entries()) if (x.err.trim()) log(`rank ${r}: ${x.err.trim()}`);
     throw new Error(`bench link: rank ${bad} failed (exit ${res[bad]!.code})`);
   }
-  const line = res[0]!.out.split('\n').find((l) => l.startsWith(RESULT_PREFIX));
-  if (!line) throw new Error('bench link: rank 0 reported no result');
-  return JSON.parse(line.slice(RESULT_PREFIX.length)) as RateResult;
+  return resultOf(res[0]!.out);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// MPI: mpirun across the namespaces
+// ---------------------------------------------------------------------------------------------------
+
+/** One MPI "host": a rank's address and the namespace that holds it. */
+export interface LinkHost {
+  addr: string;
+  ns: string;
+}
+
+/** Rank r's host is its address 10.231.0.(r+1), in the namespace ranks[r]. */
+export function linkHosts(ranks: readonly string[]): LinkHost[] {
+  return ranks.map((ns, r) => ({ addr: `${SUBNET}.${r + 1}`, ns }));
+}
+
+const SAFE_WORD = /^[A-Za-z0-9._-]+$/;
+
+/**
+ * The rsh agent given to mpirun (plm_rsh_agent). Open MPI runs `<agent> [options] <host> <command…>`
+ * to start its daemon on a host, the command being words for a remote shell; this agent runs them with
+ * /bin/sh inside the host's namespace instead of logging in anywhere. Unknown hosts are refused.
+ */
+export function rshAgentScript(hosts: readonly LinkHost[]): string {
+  for (const h of hosts) {
+    if (!SAFE_WORD.test(h.addr) || !SAFE_WORD.test(h.ns)) throw new Error(`bench link: unsafe host or namespace name ${JSON.stringify(h)}`);
+  }
+  return [
+    '#!/bin/sh',
+    '# caat bench link: runs an Open MPI daemon of host $1 (a rank address) inside that rank\'s network namespace.',
+    'while [ $# -gt 0 ]; do',
+    '  case "$1" in',
+    '    -*) shift ;;',
+    '    *) break ;;',
+    '  esac',
+    'done',
+    'host="$1"',
+    'shift',
+    'case "$host" in',
+    ...hosts.map((h) => `  ${h.addr}) ns=${h.ns} ;;`),
+    '  *) echo "caat bench link: no namespace for host $host" >&2; exit 1 ;;',
+    'esac',
+    'exec ip netns exec "$ns" /bin/sh -c "$*"',
+    '',
+  ].join('\n');
+}
+
+/** One slot per host, so that rank r runs on host r. */
+export function hostfileText(hosts: readonly LinkHost[]): string {
+  return hosts.map((h) => `${h.addr} slots=1\n`).join('');
+}
+
+export interface MpirunArgsOptions {
+  np: number;
+  hostfile: string;
+  agent: string;
+  /** Where Open MPI puts its session directories. */
+  tmpdir: string;
+  /** Environment variables to forward to the ranks (-x). */
+  forward: readonly string[];
+  root: boolean;
+  /** The program and its arguments. */
+  program: readonly string[];
+}
+
+/**
+ * mpirun's arguments: the hosts and the agent above, one rank per host without binding (the "hosts"
+ * share the real cores), collectives over TCP on the rank interfaces only (rN, the 10.231.0.0/24
+ * subnet; no shared memory, no UCX), and yielding while waiting.
+ */
+export function mpirunArgs(o: MpirunArgsOptions): string[] {
+  // Each namespace has only lo and its own rN, so the subnet selects exactly rN (a list of names would
+  // name interfaces that most namespaces lack, which Open MPI rejects).
+  const ifaces = `${SUBNET}.0/24`;
+  const mca = (k: string, v: string): string[] => ['--mca', k, v];
+  return [
+    ...(o.root ? ['--allow-run-as-root'] : []),
+    '--hostfile', o.hostfile,
+    '-np', String(o.np),
+    '--map-by', 'node',
+    '--bind-to', 'none',
+    ...mca('plm_rsh_agent', o.agent),
+    ...mca('plm_rsh_no_tree_spawn', '1'),
+    ...mca('orte_tmpdir_base', o.tmpdir),
+    ...mca('pml', 'ob1'),
+    ...mca('btl', 'tcp,self'),
+    ...mca('btl_tcp_if_include', ifaces),
+    ...mca('oob_tcp_if_include', ifaces),
+    ...mca('mpi_yield_when_idle', '1'),
+    ...o.forward.flatMap((v) => ['-x', v]),
+    ...o.program,
+  ];
+}
+
+/** Whether the MPI run can happen: Open MPI's mpirun (its rsh agent and MCA options) and the addon. */
+export function linkMpiSupport(): { ok: true; mpirun: string } | { ok: false; reason: string } {
+  const mpirun = findMpirun();
+  if (mpirun === null) return { ok: false, reason: 'mpirun not found (apt-get install openmpi-bin)' };
+  if (mpirun.flavor !== 'openmpi') return { ok: false, reason: `needs Open MPI's mpirun, found ${mpirun.version}` };
+  const addon = loadMpiAddon();
+  if (!addon.ok) return { ok: false, reason: addon.reason };
+  return { ok: true, mpirun: mpirun.command };
+}
+
+/** The agent and hostfile of one benchmark run, in a temporary directory; `remove()` deletes it. */
+class MpiFiles {
+  readonly dir: string;
+  readonly agent: string;
+  readonly hostfile: string;
+
+  constructor(hosts: readonly LinkHost[]) {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'caatlink-'));
+    this.agent = path.join(this.dir, 'rsh-agent.sh');
+    this.hostfile = path.join(this.dir, 'hostfile');
+    fs.writeFileSync(this.agent, rshAgentScript(hosts), { mode: 0o700 });
+    fs.writeFileSync(this.hostfile, hostfileText(hosts));
+  }
+
+  remove(): void {
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+async function runRateMpi(net: LinkNet, spec: WorkerSpec, mpirun: string, files: MpiFiles, children: Set<ChildProcess>, log: (m: string) => void): Promise<RateResult> {
+  const env: NodeJS.ProcessEnv = { ...process.env, CAAT_LINK_SPEC: JSON.stringify(spec) };
+  delete env['RANK'];
+  const forward = Object.keys(env).filter((k) => k === 'PATH' || k === 'LD_LIBRARY_PATH' || k.startsWith('CAAT_')).sort();
+  const args = mpirunArgs({
+    np: spec.tp,
+    hostfile: files.hostfile,
+    agent: files.agent,
+    tmpdir: files.dir,
+    forward,
+    root: typeof process.getuid === 'function' && process.getuid() === 0,
+    program: [process.execPath, fileURLToPath(import.meta.url), '--worker'],
+  });
+  const res = await collect(spawn('ip', ['netns', 'exec', net.ranks[0]!, mpirun, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] }), children);
+  if (res.code !== 0) {
+    if (res.err.trim()) log(`mpirun: ${res.err.trim()}`);
+    throw new Error(`bench link: mpirun failed (exit ${res.code})`);
+  }
+  return resultOf(res.out);
 }
 
 /**
@@ -352,7 +548,7 @@ async function runRate(net: LinkNet, spec: WorkerSpec, token: string, children: 
  * and the prediction is (C + M(1)) / (C + M(p)) with C the measured non-communication time at p = 0.
  * `nominal_predicted_speedup` uses the nominal rate instead: β = 2(N−1)/N · 8 / rate, α = 0.
  */
-export function linkRecords(rate: string, bps: number, tp: number, res: RateResult): LinkRecord[] {
+export function linkRecords(rate: string, bps: number, tp: number, res: RateResult, transport: LinkTransport = 'tcp'): LinkRecord[] {
   const out: LinkRecord[] = [];
   const { alpha_ms: alpha, ms_per_byte: beta } = res.calibration;
   const betaNominal = (((2 * (tp - 1)) / tp) * 8 * 1000) / bps;
@@ -370,6 +566,7 @@ export function linkRecords(rate: string, bps: number, tp: number, res: RateResu
     const M = (p: number, a: number, b: number): number => (fixedCalls + (p > 0 ? base.block_calls : 0)) * a + (fixedBytes + p * base.block_bytes) * b;
     for (const r of rows) {
       out.push({
+        transport,
         rate,
         tp,
         p: r.p,
@@ -395,6 +592,7 @@ export interface BenchLinkOptions {
   steps?: string;
   batch?: string;
   backend?: string;
+  transport?: string;
 }
 
 export async function benchLinkCommand(o: BenchLinkOptions): Promise<void> {
@@ -408,6 +606,13 @@ export async function benchLinkCommand(o: BenchLinkOptions): Promise<void> {
   const bpsOf = rates.map(parseRate);
   if (typeof process.getuid === 'function' && process.getuid() !== 0) throw new UserError('bench link needs root (it creates network namespaces and shapes links with tc)');
   for (const exe of ['ip', 'tc']) if (!which(exe)) throw new UserError(`bench link needs ${exe} (apt-get install iproute2)`);
+  if (o.transport !== undefined && !['tcp', 'mpi', 'both'].includes(o.transport)) {
+    throw new UserError(`--transport must be tcp, mpi or both, got ${JSON.stringify(o.transport)}`);
+  }
+  const mpiSupport = o.transport === 'tcp' ? null : linkMpiSupport();
+  if (mpiSupport && !mpiSupport.ok && o.transport !== undefined) throw new UserError(`--transport ${o.transport}: the MPI run is unavailable: ${mpiSupport.reason}`);
+  const mpirun = mpiSupport?.ok ? mpiSupport.mpirun : null;
+  const transports: LinkTransport[] = o.transport === 'mpi' ? ['mpi'] : mpirun ? ['tcp', 'mpi'] : ['tcp'];
   const be = selectBackend(o.backend, { quiet: true });
   const log = (m: string): void => {
     process.stderr.write(`${m}\n`);
@@ -417,14 +622,17 @@ export async function benchLinkCommand(o: BenchLinkOptions): Promise<void> {
     for (const l of formatMachine(describeMachine())) log(l);
     log(
       `bench link: TP ${tp}, small config (h ${c.model.hidden}, L ${c.model.layers}, V ${c.model.vocab}), train batch ${batch}×${c.model.seqLen}, prefill 2×${c.model.seqLen} tokens, ` +
-        `backend ${be.name}; ${tp} network namespaces on a bridge, links shaped with tc tbf; ${steps} timed steps per point`,
+        `backend ${be.name}; ${tp} network namespaces on a bridge, links shaped with tc tbf; ${steps} timed steps per point` +
+        (transports.includes('mpi') ? `; transport ${transports.join(' then ')} (MPI: mpirun across the namespaces, TCP BTL on the shaped links)` : ''),
     );
   }
   const net = new LinkNet(tp);
   const children = new Set<ChildProcess>();
+  let files: MpiFiles | null = null;
   const cleanup = (): void => {
     for (const ch of children) ch.kill('SIGKILL');
     net.remove();
+    files?.remove();
   };
   const onSignal = (sig: NodeJS.Signals): void => {
     cleanup();
@@ -433,25 +641,30 @@ export async function benchLinkCommand(o: BenchLinkOptions): Promise<void> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   process.on('exit', cleanup);
-  const spec: WorkerSpec = { tp, steps, batch, backend: be.name };
+  const specOf = (transport: LinkTransport): WorkerSpec => ({ transport, tp, steps, batch, backend: be.name });
   const token = `bench-link-${process.pid}-${Date.now()}`;
   try {
     net.create();
+    if (mpirun) files = new MpiFiles(linkHosts(net.ranks));
     for (let i = 0; i < rates.length; i++) {
       net.shape(bpsOf[i]!);
-      if (!o.json) log(`rate ${rates[i]}: running p = ${LINK_P_VALUES.join(', ')} …`);
-      const res = await runRate(net, spec, token, children, log);
-      const recs = linkRecords(rates[i]!, bpsOf[i]!, tp, res);
-      if (o.json) for (const r of recs) process.stdout.write(`${JSON.stringify(r)}\n`);
-      else {
-        const r0 = recs[0];
-        process.stdout.write(`\nlink ${rates[i]}, TP ${tp}${r0 ? `: measured ${r0.link_gbps.toFixed(3)} Gbit/s effective, ${r0.link_alpha_ms.toFixed(2)} ms per all-reduce` : ''}\n`);
-        process.stdout.write(`${'phase'.padEnd(8)}${'p'.padStart(5)}${'ms'.padStart(10)}${'comm ms'.padStart(10)}${'MB/rank'.padStart(10)}${'speedup'.padStart(9)}${'predicted'.padStart(11)}${'(nominal)'.padStart(11)}\n`);
-        for (const r of recs) {
+      for (const transport of transports) {
+        if (!o.json) log(`rate ${rates[i]}, ${transport}: running p = ${LINK_P_VALUES.join(', ')} …`);
+        const res = transport === 'mpi' ? await runRateMpi(net, specOf('mpi'), mpirun!, files!, children, log) : await runRate(net, specOf('tcp'), token, children, log);
+        const recs = linkRecords(rates[i]!, bpsOf[i]!, tp, res, transport);
+        if (o.json) for (const r of recs) process.stdout.write(`${JSON.stringify(r)}\n`);
+        else {
+          const r0 = recs[0];
+          process.stdout.write(`\nlink ${rates[i]}, TP ${tp}, ${transport}${r0 ? `: measured ${r0.link_gbps.toFixed(3)} Gbit/s effective, ${r0.link_alpha_ms.toFixed(2)} ms per all-reduce` : ''}\n`);
           process.stdout.write(
-            `${r.phase.padEnd(8)}${r.p.toFixed(2).padStart(5)}${r.ms.toFixed(1).padStart(10)}${r.comm_ms.toFixed(1).padStart(10)}${(r.bytes / 1e6).toFixed(2).padStart(10)}` +
-              `${r.speedup.toFixed(2).padStart(9)}${r.predicted_speedup.toFixed(2).padStart(11)}${r.nominal_predicted_speedup.toFixed(2).padStart(11)}\n`,
+            `${'transport'.padEnd(10)}${'phase'.padEnd(8)}${'p'.padStart(5)}${'ms'.padStart(10)}${'comm ms'.padStart(10)}${'MB/rank'.padStart(10)}${'speedup'.padStart(9)}${'predicted'.padStart(11)}${'(nominal)'.padStart(11)}\n`,
           );
+          for (const r of recs) {
+            process.stdout.write(
+              `${r.transport.padEnd(10)}${r.phase.padEnd(8)}${r.p.toFixed(2).padStart(5)}${r.ms.toFixed(1).padStart(10)}${r.comm_ms.toFixed(1).padStart(10)}${(r.bytes / 1e6).toFixed(2).padStart(10)}` +
+                `${r.speedup.toFixed(2).padStart(9)}${r.predicted_speedup.toFixed(2).padStart(11)}${r.nominal_predicted_speedup.toFixed(2).padStart(11)}\n`,
+            );
+          }
         }
       }
     }

@@ -127,6 +127,7 @@ bench
   .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '3')
   .option('--batch <n>', 'training sequences per step (default: the small config\'s 8)')
   .option('--backend <name>', 'compute backend (default: the fastest available)')
+  .option('--transport <t>', 'tcp, mpi or both (default: both when Open MPI\'s mpirun and the MPI addon are available, else tcp)')
   .action(async (opts) => runCli(async () => (await import('../bench/link.js')).benchLinkCommand(opts)));
 
 bench
