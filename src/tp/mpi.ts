@@ -49,18 +49,14 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import type { FloatArray } from '../backend/types.js';
-import { CommAbortedError, type CommStats, type Communicator, type ReduceOp } from './comm.js';
+import { CommAbortedError, type ReduceOp } from './comm.js';
 import {
   type CollectiveCall,
   CommMismatchError,
   describeCall,
   errorMessage,
-  makeAllGather,
-  makeAllReduce,
-  makeBarrier,
-  makeBroadcast,
-  makeReduceScatter,
   payloadBytes,
+  SerialCommunicator,
 } from './transport-common.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -273,7 +269,7 @@ export interface MpiCommunicatorOptions {
   syncBytes?: number;
 }
 
-export class MpiCommunicator implements Communicator {
+export class MpiCommunicator extends SerialCommunicator {
   readonly transport = 'mpi';
   readonly rank: number;
   readonly size: number;
@@ -289,9 +285,6 @@ export class MpiCommunicator implements Communicator {
   private tail: Promise<void> = Promise.resolve();
   private queued = 0;
   private poisoned: { rank: number; message: string; mismatch: { seq: number; err: CommMismatchError } | null } | null = null;
-  private statBytes = new Map<string, number>();
-  private statCalls = new Map<string, number>();
-  private statWaitMs = 0;
   private done = false;
   private aborting = false;
 
@@ -300,6 +293,7 @@ export class MpiCommunicator implements Communicator {
     info: MpiInitInfo,
     syncBytes: number,
   ) {
+    super();
     this.info = info;
     this.rank = info.rank;
     this.size = info.size;
@@ -308,46 +302,11 @@ export class MpiCommunicator implements Communicator {
     this.syncBytes = canThread ? syncBytes : Infinity;
   }
 
-  allReduce(buf: FloatArray, op: ReduceOp, tag: string, offset?: number, length?: number): Promise<void> {
-    const t0 = performance.now();
-    return this.submit(t0, () => makeAllReduce(buf, op, tag, offset, length));
-  }
-
-  reduceScatter(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
-    const t0 = performance.now();
-    return this.submit(t0, () => makeReduceScatter(out, inp, tag, this.size, n));
-  }
-
-  allGather(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
-    const t0 = performance.now();
-    return this.submit(t0, () => makeAllGather(out, inp, tag, this.size, n));
-  }
-
-  broadcast(buf: FloatArray, root: number, tag: string, offset?: number, length?: number): Promise<void> {
-    const t0 = performance.now();
-    return this.submit(t0, () => makeBroadcast(buf, root, tag, this.size, offset, length));
-  }
-
-  barrier(tag = 'barrier'): Promise<void> {
-    const t0 = performance.now();
-    return this.submit(t0, () => makeBarrier(tag));
-  }
-
-  stats(): CommStats {
-    return { bytes: new Map(this.statBytes), calls: new Map(this.statCalls), waitMs: this.statWaitMs };
-  }
-
-  resetStats(): void {
-    this.statBytes.clear();
-    this.statCalls.clear();
-    this.statWaitMs = 0;
-  }
-
   /**
    * This rank failed: print "rank K failed: <message>" to stderr and end the whole job (MPI_Abort,
    * exit code 1). Does not return while MPI is initialized.
    */
-  abort(error: unknown): void {
+  override abort(error: unknown): void {
     if (this.aborting) return;
     this.aborting = true;
     const rank =
@@ -418,7 +377,7 @@ export class MpiCommunicator implements Communicator {
     return new CommAbortedError(p.rank, p.message);
   }
 
-  private submit(t0: number, make: () => CollectiveCall): Promise<void> {
+  protected issue(t0: number, make: () => CollectiveCall): Promise<void> {
     if (this.poisoned) return Promise.reject(this.failure(this.seq++));
     let call: CollectiveCall;
     try {
@@ -472,9 +431,7 @@ export class MpiCommunicator implements Communicator {
   }
 
   private record(c: CollectiveCall, t0: number): void {
-    this.statBytes.set(c.tag, (this.statBytes.get(c.tag) ?? 0) + payloadBytes(c, this.size));
-    this.statCalls.set(c.tag, (this.statCalls.get(c.tag) ?? 0) + 1);
-    this.statWaitMs += performance.now() - t0;
+    this.counters.record(c.tag, payloadBytes(c, this.size), performance.now() - t0);
   }
 
   private writeHeader(seq: number, c: CollectiveCall): void {

@@ -61,7 +61,7 @@
 import type * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { FloatArray } from '../backend/types.js';
-import { CommAbortedError, type CommStats, type Communicator, type ReduceOp } from './comm.js';
+import { CommAbortedError, type ReduceOp } from './comm.js';
 import {
   type CollectiveCall,
   type CollectiveKind,
@@ -69,13 +69,9 @@ import {
   describeCall,
   type DType,
   errorMessage,
-  makeAllGather,
-  makeAllReduce,
-  makeBarrier,
-  makeBroadcast,
-  makeReduceScatter,
   payloadBytes,
   reduceRanks,
+  SerialCommunicator,
 } from './transport-common.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -424,17 +420,6 @@ class Op {
   }
 }
 
-class Stats {
-  bytes = new Map<string, number>();
-  calls = new Map<string, number>();
-  waitMs = 0;
-  record(tag: string, bytes: number, ms: number): void {
-    this.bytes.set(tag, (this.bytes.get(tag) ?? 0) + bytes);
-    this.calls.set(tag, (this.calls.get(tag) ?? 0) + 1);
-    this.waitMs += ms;
-  }
-}
-
 function bytesOf(a: FloatArray, offset: number, length: number): Uint8Array {
   const bpe = a.BYTES_PER_ELEMENT;
   return new Uint8Array(a.buffer, a.byteOffset + offset * bpe, length * bpe);
@@ -472,7 +457,7 @@ function describeHeader(h: FrameHeader): string {
  * A Communicator over an established mesh of TCP connections (see the module comment). Build one
  * with `rendezvous()`; `close()` says goodbye to every peer and closes the connections.
  */
-export class TcpCommunicator implements Communicator {
+export class TcpCommunicator extends SerialCommunicator {
   readonly rank: number;
   readonly size: number;
   readonly transport = 'tcp';
@@ -486,13 +471,13 @@ export class TcpCommunicator implements Communicator {
   private chain: Promise<void> = Promise.resolve();
   private op: Op | null = null;
   private failure: { rank: number; message: string; err: Error | null } | null = null;
-  private readonly stats_ = new Stats();
   private scratch = new ArrayBuffer(0);
   private closing: Promise<void> | null = null;
   private byeWaiters: (() => void)[] = [];
   private exitHookInstalled = false;
 
   constructor(o: TcpCommOptions) {
+    super();
     this.rank = o.rank;
     this.size = o.size;
     this.timeoutMs = o.timeoutMs ?? TCP_DEFAULTS.timeoutMs;
@@ -856,7 +841,7 @@ export class TcpCommunicator implements Communicator {
     return dtype === 'float64' ? new Float64Array(this.scratch, 0, elements) : new Float32Array(this.scratch, 0, elements);
   }
 
-  private enqueue(t0: number, make: () => CollectiveCall): Promise<void> {
+  protected issue(t0: number, make: () => CollectiveCall): Promise<void> {
     if (this.failure) return Promise.reject(this.abortedError());
     let call: CollectiveCall;
     try {
@@ -870,7 +855,7 @@ export class TcpCommunicator implements Communicator {
     const run = async (): Promise<void> => {
       if (this.failure) throw this.abortedError();
       await this.execute(seq, call);
-      this.stats_.record(call.tag, payloadBytes(call, this.size), performance.now() - t0);
+      this.counters.record(call.tag, payloadBytes(call, this.size), performance.now() - t0);
     };
     const p = this.chain.then(run);
     this.chain = p.catch(() => {});
@@ -1129,42 +1114,7 @@ export class TcpCommunicator implements Communicator {
 
   // ---- Communicator ------------------------------------------------------------------------------
 
-  allReduce(buf: FloatArray, op: ReduceOp, tag: string, offset?: number, length?: number): Promise<void> {
-    const t0 = performance.now();
-    return this.enqueue(t0, () => makeAllReduce(buf, op, tag, offset, length));
-  }
-
-  reduceScatter(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
-    const t0 = performance.now();
-    return this.enqueue(t0, () => makeReduceScatter(out, inp, tag, this.size, n));
-  }
-
-  allGather(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
-    const t0 = performance.now();
-    return this.enqueue(t0, () => makeAllGather(out, inp, tag, this.size, n));
-  }
-
-  broadcast(buf: FloatArray, root: number, tag: string, offset?: number, length?: number): Promise<void> {
-    const t0 = performance.now();
-    return this.enqueue(t0, () => makeBroadcast(buf, root, tag, this.size, offset, length));
-  }
-
-  barrier(tag = 'barrier'): Promise<void> {
-    const t0 = performance.now();
-    return this.enqueue(t0, () => makeBarrier(tag));
-  }
-
-  stats(): CommStats {
-    return { bytes: new Map(this.stats_.bytes), calls: new Map(this.stats_.calls), waitMs: this.stats_.waitMs };
-  }
-
-  resetStats(): void {
-    this.stats_.bytes.clear();
-    this.stats_.calls.clear();
-    this.stats_.waitMs = 0;
-  }
-
-  abort(error: unknown): void {
+  override abort(error: unknown): void {
     if (this.failure) return;
     const rank = error instanceof CommAbortedError ? error.failedRank : this.rank;
     this.fail(rank, errorMessage(error), null, true);

@@ -260,7 +260,8 @@ interface Pending {
   first: number;
 }
 
-class Stats {
+/** Per-tag byte and call counters and the time spent in collectives (CommStats, mutable). */
+export class Stats {
   bytes = new Map<string, number>();
   calls = new Map<string, number>();
   waitMs = 0;
@@ -484,5 +485,49 @@ class RankComm implements Communicator {
 
   abort(error: unknown): void {
     this.group.abortLocal(this.local, error);
+  }
+}
+
+/**
+ * The collective methods of a transport that runs one collective at a time (TCP, MPI): every call is
+ * described by a CollectiveCall and handed to `issue`, which runs the calls in order and records each
+ * one's statistics in `counters` (the start time t0 is taken before the call is described, so argument
+ * checking counts as time in the collective, as on the other transports).
+ */
+export abstract class SerialCommunicator implements Communicator {
+  abstract readonly rank: number;
+  abstract readonly size: number;
+  abstract readonly transport: string;
+  protected readonly counters = new Stats();
+
+  protected abstract issue(t0: number, make: () => CollectiveCall): Promise<void>;
+  abstract abort(error: unknown): void;
+
+  allReduce(buf: FloatArray, op: ReduceOp, tag: string, offset?: number, length?: number): Promise<void> {
+    return this.issue(performance.now(), () => makeAllReduce(buf, op, tag, offset, length));
+  }
+
+  reduceScatter(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
+    return this.issue(performance.now(), () => makeReduceScatter(out, inp, tag, this.size, n));
+  }
+
+  allGather(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
+    return this.issue(performance.now(), () => makeAllGather(out, inp, tag, this.size, n));
+  }
+
+  broadcast(buf: FloatArray, root: number, tag: string, offset?: number, length?: number): Promise<void> {
+    return this.issue(performance.now(), () => makeBroadcast(buf, root, tag, this.size, offset, length));
+  }
+
+  barrier(tag = 'barrier'): Promise<void> {
+    return this.issue(performance.now(), () => makeBarrier(tag));
+  }
+
+  stats(): CommStats {
+    return this.counters.snapshot();
+  }
+
+  resetStats(): void {
+    this.counters.reset();
   }
 }
