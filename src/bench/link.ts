@@ -14,7 +14,8 @@
  * the small bench configuration
  * (src/bench/train.ts BENCH_CONFIGS.small) with synthetic tokens, for p = 1, 0.75, 0.5, 0.25 and 0:
  * - train: one warm-up step, then --steps timed training steps (median);
- * - prefill: a forward pass with a KV cache over 512 tokens (2 sequences of 256), as in generation.
+ * - prefill: a forward pass with a KV cache over 512 tokens (2 sequences of 256), as in generation,
+ *   timed max(--steps, 10) times (it is short next to a training step).
  * Reported per p: median step time, time inside collectives (comm_ms, rank 0, waiting included),
  * payload bytes per rank, speedup over p = 1, and the cost model's prediction (docs §7)
  * (C + M(1)) / (C + M(p)), with C the measured non-communication time at p = 0 and M(p) the step's
@@ -295,13 +296,15 @@ async function worker(): Promise<void> {
         calls = callCounts(st);
       }
       out.push({ p, phase: 'train', ms: median(ms), comm_ms: median(commMs), bytes, block_bytes: block, ...calls });
+      // A prefill is short next to a training step: more repeats for a stable median.
+      const prefillSteps = Math.max(spec.steps, 10);
       const cache = r!.model.createCache(prefillB, T);
       const pms: number[] = [];
       const pcomm: number[] = [];
       let pbytes = 0;
       let pblock = 0;
       let pcalls = { calls: 0, block_calls: 0 };
-      for (let i = 0; i <= spec.steps; i++) {
+      for (let i = 0; i <= prefillSteps; i++) {
         cache.len = 0;
         await comm.barrier('bench.sync');
         comm.resetStats();
