@@ -172,6 +172,25 @@ export class RankModel {
     this.sin.set(tables.sin);
   }
 
+  /** This rank's dimensions (names as in the file comment). */
+  private get dims() {
+    const cfg = this.cfg;
+    const HD = cfg.headDim;
+    return {
+      h: cfg.model.hidden,
+      HD,
+      NHl: cfg.local.heads,
+      NKVl: cfg.local.kvHeads,
+      qd: cfg.local.heads * HD,
+      kvd: cfg.local.kvHeads * HD,
+      F: cfg.local.ffn,
+      Vl: cfg.local.vocab,
+      s: cfg.shared,
+      c: cfg.privateScaleValue,
+      eps: cfg.model.normEps,
+    };
+  }
+
   /** Seeded initialisation: each full logical weight from the seed, then this rank's slice. */
   initFromSeed(seed: number): void {
     const Ctor = this.params.flat instanceof Float64Array ? Float64Array : Float32Array;
@@ -236,19 +255,10 @@ export class RankModel {
    * pos0 … pos0+Tq−1 and attention reads positions 0 … pos0+Tq−1 (training: kvLen = Tq, pos0 = 0).
    */
   private async block(l: number, B: number, Tq: number, pos0: number, kvLen: number, b: BlockBuffers): Promise<void> {
-    const { be, comm, cfg } = this;
+    const { be, comm } = this;
     const lw = this.w.layers[l]!;
     const BT = B * Tq;
-    const h = cfg.model.hidden;
-    const HD = cfg.headDim;
-    const NHl = cfg.local.heads;
-    const NKVl = cfg.local.kvHeads;
-    const qd = NHl * HD;
-    const kvd = NKVl * HD;
-    const F = cfg.local.ffn;
-    const s = cfg.shared;
-    const c = cfg.privateScaleValue;
-    const eps = cfg.model.normEps;
+    const { h, HD, NHl, NKVl, qd, kvd, F, s, c, eps } = this.dims;
     // --- attention half ---
     be.rmsnormForward(b.ln1, b.rstd1, b.x, lw.ln1, BT, h, eps);
     be.gemm(false, true, BT, qd, h, 1, b.ln1, 0, h, lw.wq, 0, h, 0, b.q, 0, qd);
@@ -303,16 +313,7 @@ export class RankModel {
     if (!a) throw new Error('backward called before forward');
     const { B, T } = a;
     const BT = B * T;
-    const h = cfg.model.hidden;
-    const HD = cfg.headDim;
-    const NHl = cfg.local.heads;
-    const NKVl = cfg.local.kvHeads;
-    const qd = NHl * HD;
-    const kvd = NKVl * HD;
-    const F = cfg.local.ffn;
-    const Vl = cfg.local.vocab;
-    const s = cfg.shared;
-    const c = cfg.privateScaleValue;
+    const { h, HD, NHl, NKVl, qd, kvd, F, Vl, s, c } = this.dims;
     const L = cfg.model.layers;
 
     // Cross-entropy and LM head (no communication: each rank's logits come from its own stream).
