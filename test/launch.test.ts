@@ -16,20 +16,13 @@ import { after, before, describe, test } from 'node:test';
 import { loadCheckpoint } from '../src/io/checkpoint.js';
 import { detectLaunch, portFromJobId } from '../src/launch/env.js';
 import { expandHostlist, firstHost } from '../src/launch/hostlist.js';
+import { writeSmallCorpus } from './helpers/corpus.js';
 import { fixturesDir, repoRoot } from './helpers/paths.js';
 
 const cli = path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
 let tmp: string;
 let corpus: string;
 let cache: string;
-
-const SENTENCES = [
-  'The whale rose slowly from the dark water and the crew fell silent.',
-  'Congress shall assemble at least once in every year, said the president.',
-  'She walked along the river in the morning light, counting the boats.',
-  'A good harvest depends on rain, patience and a little luck.',
-  'The captain wrote in his log that the wind had turned to the north.',
-];
 
 /** The test's environment without any launcher variables (the tests set their own). */
 function cleanEnv(extra: Record<string, string> = {}): Record<string, string> {
@@ -113,13 +106,7 @@ function assertSameRun(got: string, tp: number, what: string): void {
 before(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'caat-launch-'));
   cache = path.join(tmp, 'cache');
-  corpus = path.join(tmp, 'corpus');
-  fs.mkdirSync(corpus);
-  for (let d = 0; d < 12; d++) {
-    const lines: string[] = [];
-    for (let i = 0; i < 60; i++) lines.push(SENTENCES[(d * 7 + i * 3) % SENTENCES.length]!);
-    fs.writeFileSync(path.join(corpus, `doc${String(d).padStart(2, '0')}.txt`), lines.join(' '));
-  }
+  corpus = writeSmallCorpus(path.join(tmp, 'corpus'));
   for (const tp of [2, 4]) {
     const out = path.join(tmp, `virtual${tp}`);
     const r = run(small(out, tp, ['--workers', '0']));

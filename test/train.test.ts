@@ -12,20 +12,13 @@ import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { loadCheckpoint } from '../src/io/checkpoint.js';
 import { parseSafetensors, serializeSafetensors } from '../src/io/safetensors.js';
+import { writeSmallCorpus } from './helpers/corpus.js';
 import { repoRoot } from './helpers/paths.js';
 
 const cli = path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
 let tmp: string;
 let corpus: string;
 let cache: string;
-
-const SENTENCES = [
-  'The whale rose slowly from the dark water and the crew fell silent.',
-  'Congress shall assemble at least once in every year, said the president.',
-  'She walked along the river in the morning light, counting the boats.',
-  'A good harvest depends on rain, patience and a little luck.',
-  'The captain wrote in his log that the wind had turned to the north.',
-];
 
 function run(args: string[], env: Record<string, string> = {}): { status: number; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, CAAT_BACKEND: 'js', ...env }, timeout: 120_000 });
@@ -45,13 +38,7 @@ function losses(runDir: string): { step: number; loss: number }[] {
 before(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'caat-train-'));
   cache = path.join(tmp, 'cache');
-  corpus = path.join(tmp, 'corpus');
-  fs.mkdirSync(corpus);
-  for (let d = 0; d < 12; d++) {
-    const lines: string[] = [];
-    for (let i = 0; i < 60; i++) lines.push(SENTENCES[(d * 7 + i * 3) % SENTENCES.length]!);
-    fs.writeFileSync(path.join(corpus, `doc${String(d).padStart(2, '0')}.txt`), lines.join(' '));
-  }
+  corpus = writeSmallCorpus(path.join(tmp, 'corpus'));
 });
 
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));

@@ -57,6 +57,7 @@ import {
   errorMessage,
   payloadBytes,
   SerialCommunicator,
+  canonicalJson,
 } from './transport-common.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -571,18 +572,6 @@ export function createMpiCommunicator(options: MpiCommunicatorOptions = {}): Mpi
 // ---------------------------------------------------------------------------------------------------
 // Joining a job with a configuration check
 // ---------------------------------------------------------------------------------------------------
-
-/** JSON with sorted keys, so that key order never makes configurations differ. */
-function canonicalJson(v: unknown): string {
-  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  const o = v as Record<string, unknown>;
-  return `{${Object.keys(o)
-    .filter((k) => o[k] !== undefined)
-    .sort()
-    .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
-    .join(',')}}`;
-}
 
 export interface JoinMpiOptions extends MpiCommunicatorOptions {
   /**

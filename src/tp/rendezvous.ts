@@ -23,6 +23,7 @@
 import { createHash } from 'node:crypto';
 import * as net from 'node:net';
 import * as os from 'node:os';
+import { canonicalJson } from './transport-common.js';
 import { encodeControl, FRAME, type FrameHeader, FrameReader, type PeerConnection, TcpCommunicator, type TcpCommOptions } from './tcp.js';
 
 const PROTOCOL_VERSION = 1;
@@ -72,18 +73,6 @@ interface Hello {
 }
 
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
-
-/** Canonical JSON (sorted keys) so that key order never makes configurations differ. */
-export function canonicalJson(v: unknown): string {
-  if (v === null || typeof v !== 'object') return JSON.stringify(v) ?? 'null';
-  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(',')}]`;
-  const o = v as Record<string, unknown>;
-  return `{${Object.keys(o)
-    .filter((k) => o[k] !== undefined)
-    .sort()
-    .map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`)
-    .join(',')}}`;
-}
 
 export function configDigest(config: unknown): string {
   return sha256(canonicalJson(config));

@@ -5,18 +5,9 @@
  */
 import { CommAbortedError, type Communicator } from '../../src/tp/comm.js';
 import { isThreadGroupWorker, joinThreadGroup } from '../../src/tp/threads.js';
+import { mulberry32 } from '../../src/util/random.js';
 
-/** Seeded PRNG (mulberry32), uniform in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 };
 
 /**
  * Values whose float32 sum depends on the order: wide magnitudes, both signs, and the cancelling
