@@ -73,13 +73,6 @@ export class CommAbortedError extends Error {
   }
 }
 
-/** Bytes-per-step record, split the way metrics.jsonl reports it. */
-export function bytesByPrefix(stats: CommStats): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const [tag, b] of stats.bytes) out[tag] = (out[tag] ?? 0) + b;
-  return out;
-}
-
 /**
  * Run fn for every rank hosted here, concurrently (collectives need all of them to make progress). A
  * rank whose fn throws poisons the group (abort), so the others fail instead of waiting forever; once

@@ -15,7 +15,6 @@ import { createRankStates, runHost, type Batch, type BatchSource, type HostEvent
 import type { ProcessLaunch } from './process-host.js';
 import { describeRun, openRun, prepareRun, RunWriter, writeRunFiles, type RunSpec, type TrainResult } from './run.js';
 
-export { stepRecord } from './run.js';
 export type { RunSpec, TrainResult } from './run.js';
 
 /** What a host needs to rebuild the data pipeline deterministically (also sent to worker threads). */
