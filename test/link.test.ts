@@ -9,7 +9,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { hostfileText, linkHosts, linkRecords, mpirunArgs, rshAgentScript } from '../src/bench/link.js';
+import { describeCalibration, fitLink, hostfileText, linkHosts, linkRecords, mpirunArgs, rshAgentScript } from '../src/bench/link.js';
 
 describe('bench link over MPI', () => {
   const hosts = linkHosts(['caatlink-7-r0', 'caatlink-7-r1', 'caatlink-7-r2']);
@@ -78,5 +78,51 @@ describe('bench link over MPI', () => {
     assert.deepEqual(mpi.map((r) => r.transport), ['mpi', 'mpi']);
     assert.deepEqual(mpi.map(({ transport: _t, ...rest }) => rest), tcp.map(({ transport: _t, ...rest }) => rest));
     assert.equal(mpi[1]!.speedup, 2.5);
+  });
+});
+
+describe('bench link calibration fit', () => {
+  const MiB = 1 << 20;
+
+  it('recovers α and β from exact affine costs', () => {
+    const pts = [64 << 10, 256 << 10, MiB, 4 * MiB].map((b) => ({ bytes: b, ms: 0.25 + b * 8.5e-6 }));
+    const f = fitLink(pts);
+    assert.ok(Math.abs(f.alpha_ms - 0.25) < 1e-9, `alpha ${f.alpha_ms}`);
+    assert.ok(Math.abs(f.ms_per_byte - 8.5e-6) < 1e-15, `beta ${f.ms_per_byte}`);
+    assert.deepEqual(f.points, pts);
+  });
+
+  it('weighs relative error: a 10% error at 4 MiB moves the fit less than at 64 KiB would', () => {
+    const exact = (b: number): number => 0.25 + b * 8.5e-6;
+    const sizes = [64 << 10, 256 << 10, MiB, 4 * MiB];
+    const f = fitLink(sizes.map((b) => ({ bytes: b, ms: b === 4 * MiB ? exact(b) * 1.1 : exact(b) })));
+    // The 1 MiB prediction stays within 5% although the largest point is 10% off.
+    const at1 = f.alpha_ms + MiB * f.ms_per_byte;
+    assert.ok(Math.abs(at1 / exact(MiB) - 1) < 0.05, `1 MiB ${at1} vs ${exact(MiB)}`);
+    assert.ok(f.ms_per_byte > 8.5e-6, 'the slower large point raises beta');
+  });
+
+  it('keeps α ≥ 0 and refits β through the origin when the intercept would be negative', () => {
+    const f = fitLink([
+      { bytes: MiB, ms: 8 },
+      { bytes: 4 * MiB, ms: 40 },
+    ]);
+    assert.equal(f.alpha_ms, 0);
+    // Weighted through-origin fit: Σ(b·t/t²) / Σ(b²/t²) over the two points.
+    const w = (b: number, t: number): [number, number] => [(b * t) / (t * t), (b * b) / (t * t)];
+    const [n1, d1] = w(MiB, 8);
+    const [n2, d2] = w(4 * MiB, 40);
+    assert.ok(Math.abs(f.ms_per_byte - (n1 + n2) / (d1 + d2)) < 1e-18);
+  });
+
+  it('refuses a single size, a non-positive cost, and a cost that falls with size', () => {
+    assert.throws(() => fitLink([{ bytes: MiB, ms: 8 }, { bytes: MiB, ms: 9 }]), /two message sizes/);
+    assert.throws(() => fitLink([{ bytes: MiB, ms: 8 }, { bytes: 4 * MiB, ms: -1 }]), /4194304-byte all-reduce has no positive cost/);
+    assert.throws(() => fitLink([{ bytes: MiB, ms: 30 }, { bytes: 4 * MiB, ms: 10 }]), /does not grow/);
+  });
+
+  it('describes the points and the fit', () => {
+    const line = describeCalibration(fitLink([{ bytes: 64 << 10, ms: 0.75 }, { bytes: MiB, ms: 9.25 }]));
+    assert.match(line, /^cost per all-reduce 64 KiB 0\.75 ms, 1 MiB 9\.25 ms; fit α 0\.[0-9]{3} ms, β [0-9.]+ ms\/MiB$/);
   });
 });

@@ -6,7 +6,9 @@
  * the host's own namespace). Rank r has the address 10.231.0.(r+1)/24, used only inside these
  * namespaces. Both directions of every link are shaped with a token bucket (`tc qdisc ... tbf`) to the
  * rate under test: the rank's egress on its veth end, and the hub's egress towards the rank, like a
- * switch port, with a 32 KiB bucket so that bursts cannot hide a message's time on the link. Every namespace made is deleted at the end, also on failure, SIGINT or SIGTERM.
+ * switch port, with a 32 KiB bucket so that bursts cannot hide a message's time on the link. The links
+ * carry jumbo frames (MTU 9000, see LINK_MTU). Every namespace made is deleted at the end, also on
+ * failure, SIGINT or SIGTERM.
  *
  * WORK. For each rate (default 1 Gbit/s, then 100 Mbit/s), TP ranks (2, or 4 with --tp 4) run in their
  * namespaces as separate processes joined by the TCP transport and then by the MPI transport
@@ -37,6 +39,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { selectBackend } from '../backend/index.js';
+import type { Backend } from '../backend/types.js';
 import { UserError } from '../cli/run.js';
 import { resolveConfig } from '../model/config.js';
 import { parseTrainConfig } from '../train/config.js';
@@ -51,6 +54,13 @@ export const LINK_P_VALUES = [1, 0.75, 0.5, 0.25, 0] as const;
 const SUBNET = '10.231.0';
 const PORT = 29500;
 const RESULT_PREFIX = 'CAAT_LINK_RESULT ';
+/**
+ * Jumbo frames, as on cluster networks. With 1500-byte frames this 2-core machine spends so much time
+ * per packet (veth, bridge, two shapers, TCP) that the link's cost stops being linear in the message
+ * size: 1 MiB all-reduces reached 0.73 of 1 Gbit/s while 0.5 MiB ones reached 0.82. At 9000 bytes
+ * every size from 0.5 MiB up gets 0.91-0.98 of the rate, so the link, not the CPU, is what is measured.
+ */
+const LINK_MTU = 9000;
 
 export type LinkTransport = 'tcp' | 'mpi';
 
@@ -119,10 +129,10 @@ class LinkNet {
     this.ranks.forEach((ns, r) => {
       sh('ip', ['link', 'add', 'name', `r${r}`, 'netns', ns, 'type', 'veth', 'peer', 'name', `h${r}`, 'netns', this.hub]);
       sh('ip', ['-n', this.hub, 'link', 'set', `h${r}`, 'master', 'br0']);
-      sh('ip', ['-n', this.hub, 'link', 'set', `h${r}`, 'up']);
+      sh('ip', ['-n', this.hub, 'link', 'set', `h${r}`, 'mtu', String(LINK_MTU), 'up']);
       sh('ip', ['-n', ns, 'addr', 'add', `${SUBNET}.${r + 1}/24`, 'dev', `r${r}`]);
       sh('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-      sh('ip', ['-n', ns, 'link', 'set', `r${r}`, 'up']);
+      sh('ip', ['-n', ns, 'link', 'set', `r${r}`, 'mtu', String(LINK_MTU), 'up']);
       // Collectives alternate with compute, leaving each connection idle for a while; by default TCP
       // then shrinks its congestion window back to the initial one and every message starts slowly.
       // Clusters running TCP collectives turn that off (it is a per-namespace setting).
@@ -189,12 +199,52 @@ interface WorkerResult {
 }
 
 /**
- * The link as the cost model sees it, measured over the shaped link with the transport itself: one
- * all-reduce of b payload bytes per rank takes alpha_ms + b · ms_per_byte.
+ * The link as the cost model sees it: one all-reduce of b payload bytes per rank costs the step
+ * alpha_ms + b · ms_per_byte, fitted to `points` (see calibrate).
  */
-interface LinkCalibration {
+export interface LinkCalibration {
   alpha_ms: number;
   ms_per_byte: number;
+  /** The measured costs the fit was made from: payload bytes per rank, ms per all-reduce. */
+  points?: LinkPoint[];
+}
+
+export interface LinkPoint {
+  bytes: number;
+  ms: number;
+}
+
+/**
+ * Least-squares fit of T(b) = α + b·β to the points, in relative error (each point weighs 1/T², so a
+ * 64 KiB all-reduce counts as much as a 4 MiB one), with α ≥ 0. Throws on fewer than two distinct sizes
+ * or on a fit that is not increasing in b.
+ */
+export function fitLink(points: readonly LinkPoint[]): LinkCalibration {
+  if (new Set(points.map((q) => q.bytes)).size < 2) throw new Error('fitLink: need at least two message sizes');
+  for (const q of points) {
+    if (!(q.ms > 0) || !Number.isFinite(q.ms)) throw new Error(`fitLink: the ${q.bytes}-byte all-reduce has no positive cost (${q.ms} ms)`);
+  }
+  let sw = 0;
+  let sb = 0;
+  let sbb = 0;
+  let st = 0;
+  let sbt = 0;
+  for (const { bytes: b, ms: t } of points) {
+    const w = 1 / (t * t);
+    sw += w;
+    sb += w * b;
+    sbb += w * b * b;
+    st += w * t;
+    sbt += w * b * t;
+  }
+  let beta = (sw * sbt - sb * st) / (sw * sbb - sb * sb);
+  let alpha = (st - beta * sb) / sw;
+  if (alpha < 0) {
+    alpha = 0;
+    beta = sbt / sbb;
+  }
+  if (!(beta > 0)) throw new Error(`fitLink: the cost does not grow with the message size (β = ${beta} ms/byte)`);
+  return { alpha_ms: alpha, ms_per_byte: beta, points: points.map((q) => ({ ...q })) };
 }
 
 const isBlock = (tag: string): boolean => tag.endsWith('.shared');
@@ -210,25 +260,61 @@ const callCounts = (st: { calls: Map<string, number> }): { calls: number; block_
   return { calls, block_calls: block };
 };
 
-/** Median time of all-reduces of 4 KiB and 16 MiB on the link: the two points of T(b) = α + b·β. */
-async function calibrate(comm: Communicator, repeats: number): Promise<LinkCalibration> {
-  const time = async (n: number): Promise<number> => {
-    const buf = new Float32Array(n);
-    const ts: number[] = [];
-    for (let i = 0; i <= repeats; i++) {
-      await comm.barrier('bench.sync');
-      const t0 = performance.now();
-      await comm.allReduce(buf, 'sum', 'bench.calibrate');
-      if (i > 0) ts.push(performance.now() - t0);
-    }
-    return median(ts);
+/** One line on the link's calibration: the measured cost per all-reduce at each size, and the fit. */
+export function describeCalibration(c: LinkCalibration): string {
+  const size = (b: number): string => (b >= 1 << 20 ? `${b / (1 << 20)} MiB` : `${b / 1024} KiB`);
+  const pts = (c.points ?? []).map((q) => `${size(q.bytes)} ${q.ms.toFixed(2)} ms`).join(', ');
+  return `cost per all-reduce${pts ? ` ${pts}` : ''}; fit α ${c.alpha_ms.toFixed(3)} ms, β ${(c.ms_per_byte * (1 << 20)).toFixed(3)} ms/MiB`;
+}
+
+/** Payload bytes per rank of the calibration all-reduces: the range the steps' messages span. */
+export const CALIBRATION_BYTES = [64 << 10, 256 << 10, 1 << 20, 4 << 20] as const;
+
+/**
+ * What an all-reduce of b bytes costs a step on this link. A step computes between its collectives, and
+ * on a small machine the network stack (veth, bridge, shapers, TCP) runs on the same cores: part of a
+ * collective's cost lands in the compute that follows it, where a bare timing of the call misses it.
+ * So, as in a step, every all-reduce follows a fixed piece of compute (two GEMMs of a 512-token
+ * activation, [512, 512] × [512, 768]), and its cost is the time a loop of `calls` such pairs takes
+ * beyond the same loop without the all-reduces. α and β are fitted to the costs at CALIBRATION_BYTES.
+ */
+async function calibrate(comm: Communicator, be: Backend, repeats: number): Promise<LinkCalibration> {
+  const M = 512;
+  const K = 512;
+  const N = 768;
+  const A = be.alloc(M * K);
+  const B = be.alloc(K * N);
+  const C = be.alloc(M * N);
+  A.fill(0.01);
+  B.fill(0.02);
+  const probe = (): void => {
+    for (let g = 0; g < 2; g++) be.gemm(false, false, M, N, K, 1, A, 0, K, B, 0, N, 0, C, 0, N);
   };
-  const small = 1024; // 4 KiB
-  const large = 4 * 1024 * 1024; // 16 MiB
-  const ts = await time(small);
-  const tl = await time(large);
-  const msPerByte = (tl - ts) / ((large - small) * 4);
-  return { alpha_ms: Math.max(0, ts - small * 4 * msPerByte), ms_per_byte: msPerByte };
+  const calls = 8;
+  const reps = Math.max(repeats, 5);
+  const bufs = CALIBRATION_BYTES.map((b) => new Float32Array(b / 4));
+  const loop = async (buf: Float32Array | null): Promise<number> => {
+    await comm.barrier('bench.sync');
+    const t0 = performance.now();
+    for (let j = 0; j < calls; j++) {
+      probe();
+      if (buf) await comm.allReduce(buf, 'sum', 'bench.calibrate');
+    }
+    return performance.now() - t0;
+  };
+  // Every repeat times the compute alone and then each size, and each size's cost is taken against
+  // the compute of its own repeat: a slow spell of this shared machine then hits both sides alike.
+  const costs: number[][] = CALIBRATION_BYTES.map(() => []);
+  for (let i = 0; i <= reps; i++) {
+    const base = await loop(null);
+    for (const [k, buf] of bufs.entries()) {
+      const t = await loop(buf);
+      if (i > 0) costs[k]!.push((t - base) / calls);
+    }
+  }
+  const points: LinkPoint[] = CALIBRATION_BYTES.map((bytes, k) => ({ bytes, ms: median(costs[k]!) }));
+  for (const x of [A, B, C]) be.release(x);
+  return fitLink(points);
 }
 
 function syntheticBatch(B: number, T: number, V: number, seed: number): Batch {
@@ -321,7 +407,7 @@ async function worker(): Promise<void> {
       }
       out.push({ p, phase: 'prefill', ms: median(pms), comm_ms: median(pcomm), bytes: pbytes, block_bytes: pblock, ...pcalls });
     }
-    const calibration = await calibrate(comm, spec.steps);
+    const calibration = await calibrate(comm, be, spec.steps);
     if (rank === 0) process.stdout.write(`${RESULT_PREFIX}${JSON.stringify({ calibration, results: out })}\n`);
   } catch (e) {
     comm.abort(e);
@@ -655,6 +741,7 @@ export async function benchLinkCommand(o: BenchLinkOptions): Promise<void> {
         if (!o.json) log(`rate ${rates[i]}, ${transport}: running p = ${LINK_P_VALUES.join(', ')} …`);
         const res = transport === 'mpi' ? await runRateMpi(net, specOf('mpi'), mpirun!, files!, children, log) : await runRate(net, specOf('tcp'), token, children, log);
         const recs = linkRecords(rates[i]!, bpsOf[i]!, tp, res, transport);
+        log(`rate ${rates[i]}, ${transport}: ${describeCalibration(res.calibration)}`);
         if (o.json) for (const r of recs) process.stdout.write(`${JSON.stringify(r)}\n`);
         else {
           const r0 = recs[0];
