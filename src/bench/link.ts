@@ -22,8 +22,9 @@
  * payload bytes per rank, speedup over p = 1, and the cost model's prediction (docs §7)
  * (C + M(1)) / (C + M(p)), with C the measured non-communication time at p = 0 and M(p) the step's
  * communication time on this link: every all-reduce costs α + b·β for b payload bytes per rank, α and β
- * measured on the shaped link with the transport itself (4 KiB and 16 MiB all-reduces), and only the
- * blocks' partial all-reduces scale with p (see linkRecords). The prediction from the nominal rate
+ * fitted to the measured cost of all-reduces from 256 KiB to 4 MiB made with the transport itself, each
+ * after a fixed piece of compute as in a step (see calibrate), and only the blocks' partial all-reduces
+ * scale with p (see linkRecords). The prediction from the nominal rate
  * alone is reported beside it.
  *
  * MPI. mpirun starts in rank 0's namespace with one "host" per rank, its address 10.231.0.(r+1), and an
@@ -267,8 +268,12 @@ export function describeCalibration(c: LinkCalibration): string {
   return `cost per all-reduce${pts ? ` ${pts}` : ''}; fit α ${c.alpha_ms.toFixed(3)} ms, β ${(c.ms_per_byte * (1 << 20)).toFixed(3)} ms/MiB`;
 }
 
-/** Payload bytes per rank of the calibration all-reduces: the range the steps' messages span. */
-export const CALIBRATION_BYTES = [64 << 10, 256 << 10, 1 << 20, 4 << 20] as const;
+/**
+ * Payload bytes per rank of the calibration all-reduces: the range the blocks' messages span (256 KiB
+ * for a prefill at p = 0.25 up to 4 MiB for a training step at p = 1). Smaller ones would mostly measure
+ * the shaper's bucket, which refills while the ranks compute and lets its first 32 KiB out at once.
+ */
+export const CALIBRATION_BYTES = [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20] as const;
 
 /**
  * What an all-reduce of b bytes costs a step on this link. A step computes between its collectives, and
