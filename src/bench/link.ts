@@ -15,9 +15,12 @@
  * (--transport tcp|mpi|both; both by default when Open MPI's mpirun and the MPI addon are there), on
  * the small bench configuration
  * (src/bench/train.ts BENCH_CONFIGS.small) with synthetic tokens, for p = 1, 0.75, 0.5, 0.25 and 0:
- * - train: one warm-up step, then --steps timed training steps (median);
- * - prefill: a forward pass with a KV cache over 512 tokens (2 sequences of 256), as in generation,
- *   timed max(--steps, 10) times (it is short next to a training step).
+ * - train: one warm-up round, then --steps rounds of one training step at every p (median);
+ * - prefill: a forward pass with a KV cache over 512 tokens (2 sequences of 256), as in generation:
+ *   one warm-up round, then max(--steps, 12) rounds of one prefill at every p and one round of the
+ *   link calibration (median).
+ * Taking every p in each round, instead of one p after another, spreads the slow spells of a shared
+ * machine over all of them.
  * Reported per p: median step time, time inside collectives (comm_ms, rank 0, waiting included),
  * payload bytes per rank, speedup over p = 1, and the cost model's prediction (docs §7)
  * (C + M(1)) / (C + M(p)), with C the measured non-communication time at p = 0 and M(p) the step's
@@ -40,9 +43,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { selectBackend } from '../backend/index.js';
-import type { Backend } from '../backend/types.js';
+import type { Backend, FloatArray } from '../backend/types.js';
 import { UserError } from '../cli/run.js';
 import { resolveConfig } from '../model/config.js';
+import { RankModel } from '../model/model.js';
 import { parseTrainConfig } from '../train/config.js';
 import { createRankStates, rankTrainStep, type Batch } from '../train/loop.js';
 import type { Communicator } from '../tp/comm.js';
@@ -62,6 +66,8 @@ const RESULT_PREFIX = 'CAAT_LINK_RESULT ';
  * every size from 0.5 MiB up gets 0.91-0.98 of the rate, so the link, not the CPU, is what is measured.
  */
 const LINK_MTU = 9000;
+/** Rounds of prefills and calibration (at least --steps), after one warm-up round. */
+const PREFILL_ROUNDS = 12;
 
 export type LinkTransport = 'tcp' | 'mpi';
 
@@ -281,45 +287,60 @@ export const CALIBRATION_BYTES = [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 2
  * collective's cost lands in the compute that follows it, where a bare timing of the call misses it.
  * So, as in a step, every all-reduce follows a fixed piece of compute (two GEMMs of a 512-token
  * activation, [512, 512] × [512, 768]), and its cost is the time a loop of `calls` such pairs takes
- * beyond the same loop without the all-reduces. α and β are fitted to the costs at CALIBRATION_BYTES.
+ * beyond the same loop without the all-reduces, timed in the same round. The rounds are interleaved
+ * with the prefills they serve (see worker), so a slow spell of this shared machine hits both alike.
+ * α and β are fitted to the median cost at each of CALIBRATION_BYTES.
  */
-async function calibrate(comm: Communicator, be: Backend, repeats: number): Promise<LinkCalibration> {
-  const M = 512;
-  const K = 512;
-  const N = 768;
-  const A = be.alloc(M * K);
-  const B = be.alloc(K * N);
-  const C = be.alloc(M * N);
-  A.fill(0.01);
-  B.fill(0.02);
-  const probe = (): void => {
-    for (let g = 0; g < 2; g++) be.gemm(false, false, M, N, K, 1, A, 0, K, B, 0, N, 0, C, 0, N);
-  };
-  const calls = 8;
-  const reps = Math.max(repeats, 5);
-  const bufs = CALIBRATION_BYTES.map((b) => new Float32Array(b / 4));
-  const loop = async (buf: Float32Array | null): Promise<number> => {
-    await comm.barrier('bench.sync');
+class LinkCalibrator {
+  private readonly M = 512;
+  private readonly K = 512;
+  private readonly N = 768;
+  private readonly A: FloatArray;
+  private readonly B: FloatArray;
+  private readonly C: FloatArray;
+  private readonly bufs = CALIBRATION_BYTES.map((b) => new Float32Array(b / 4));
+  private readonly costs: number[][] = CALIBRATION_BYTES.map(() => []);
+  private readonly calls = 8;
+
+  constructor(
+    private readonly comm: Communicator,
+    private readonly be: Backend,
+  ) {
+    this.A = be.alloc(this.M * this.K);
+    this.B = be.alloc(this.K * this.N);
+    this.C = be.alloc(this.M * this.N);
+    this.A.fill(0.01);
+    this.B.fill(0.02);
+  }
+
+  private probe(): void {
+    const { M, N, K } = this;
+    for (let g = 0; g < 2; g++) this.be.gemm(false, false, M, N, K, 1, this.A, 0, K, this.B, 0, N, 0, this.C, 0, N);
+  }
+
+  private async loop(buf: Float32Array | null): Promise<number> {
+    await this.comm.barrier('bench.sync');
     const t0 = performance.now();
-    for (let j = 0; j < calls; j++) {
-      probe();
-      if (buf) await comm.allReduce(buf, 'sum', 'bench.calibrate');
+    for (let j = 0; j < this.calls; j++) {
+      this.probe();
+      if (buf) await this.comm.allReduce(buf, 'sum', 'bench.calibrate');
     }
     return performance.now() - t0;
-  };
-  // Every repeat times the compute alone and then each size, and each size's cost is taken against
-  // the compute of its own repeat: a slow spell of this shared machine then hits both sides alike.
-  const costs: number[][] = CALIBRATION_BYTES.map(() => []);
-  for (let i = 0; i <= reps; i++) {
-    const base = await loop(null);
-    for (const [k, buf] of bufs.entries()) {
-      const t = await loop(buf);
-      if (i > 0) costs[k]!.push((t - base) / calls);
+  }
+
+  /** One round: the compute alone, then with each size; `keep` false for a warm-up round. */
+  async round(keep: boolean): Promise<void> {
+    const base = await this.loop(null);
+    for (const [k, buf] of this.bufs.entries()) {
+      const t = await this.loop(buf);
+      if (keep) this.costs[k]!.push((t - base) / this.calls);
     }
   }
-  const points: LinkPoint[] = CALIBRATION_BYTES.map((bytes, k) => ({ bytes, ms: median(costs[k]!) }));
-  for (const x of [A, B, C]) be.release(x);
-  return fitLink(points);
+
+  result(): LinkCalibration {
+    for (const x of [this.A, this.B, this.C]) this.be.release(x);
+    return fitLink(CALIBRATION_BYTES.map((bytes, k) => ({ bytes, ms: median(this.costs[k]!) })));
+  }
 }
 
 function syntheticBatch(B: number, T: number, V: number, seed: number): Batch {
@@ -363,56 +384,61 @@ async function worker(): Promise<void> {
     const prefillB = 2;
     const prompt = syntheticBatch(prefillB, T, c.model.vocab, 11).inputs;
     const out: WorkerResult[] = [];
-    for (const p of LINK_P_VALUES) {
+    // Training steps, interleaved over p in the same way as the prefills below (one warm-up round).
+    const trains = LINK_P_VALUES.map((p) => {
       const cfg = resolveConfig(c.model, { tp: spec.tp, p });
       const train = parseTrainConfig({ steps: spec.steps + 1, batchSize: B, seqLen: T, warmup: 1, evalEvery: 0, ckptEvery: 0, evalBatches: 1 }, 'bench link');
       const [r] = createRankStates(cfg, train, be, [comm], { step: 0, tokensSeen: 0 });
-      const ms: number[] = [];
-      const commMs: number[] = [];
-      let bytes = 0;
-      let block = 0;
-      let calls = { calls: 0, block_calls: 0 };
-      for (let i = 0; i <= spec.steps; i++) {
+      return { p, r: r!, ms: [] as number[], comm: [] as number[], bytes: 0, block: 0, calls: { calls: 0, block_calls: 0 } };
+    });
+    for (let i = 0; i <= spec.steps; i++) {
+      for (const x of trains) {
         await comm.barrier('bench.sync');
         comm.resetStats();
         const t0 = performance.now();
-        await rankTrainStep(r!, [batch], B, T, 1e-3, 1);
+        await rankTrainStep(x.r, [batch], B, T, 1e-3, 1);
         const dt = performance.now() - t0;
         const st = comm.stats();
         if (i === 0) continue;
-        ms.push(dt);
-        commMs.push(st.waitMs);
-        bytes = [...st.bytes.values()].reduce((a, b) => a + b, 0);
-        block = blockBytes(st);
-        calls = callCounts(st);
+        x.ms.push(dt);
+        x.comm.push(st.waitMs);
+        x.bytes = [...st.bytes.values()].reduce((a, b) => a + b, 0);
+        x.block = blockBytes(st);
+        x.calls = callCounts(st);
       }
-      out.push({ p, phase: 'train', ms: median(ms), comm_ms: median(commMs), bytes, block_bytes: block, ...calls });
-      // A prefill is short next to a training step: more repeats for a stable median.
-      const prefillSteps = Math.max(spec.steps, 10);
-      const cache = r!.model.createCache(prefillB, T);
-      const pms: number[] = [];
-      const pcomm: number[] = [];
-      let pbytes = 0;
-      let pblock = 0;
-      let pcalls = { calls: 0, block_calls: 0 };
-      for (let i = 0; i <= prefillSteps; i++) {
-        cache.len = 0;
-        await comm.barrier('bench.sync');
-        comm.resetStats();
-        const t0 = performance.now();
-        await r!.model.forwardIncremental(prompt, T, cache);
-        const dt = performance.now() - t0;
-        const st = comm.stats();
-        if (i === 0) continue;
-        pms.push(dt);
-        pcomm.push(st.waitMs);
-        pbytes = [...st.bytes.values()].reduce((a, b) => a + b, 0);
-        pblock = blockBytes(st);
-        pcalls = callCounts(st);
-      }
-      out.push({ p, phase: 'prefill', ms: median(pms), comm_ms: median(pcomm), bytes: pbytes, block_bytes: pblock, ...pcalls });
     }
-    const calibration = await calibrate(comm, be, spec.steps);
+    for (const x of trains) out.push({ p: x.p, phase: 'train', ms: median(x.ms), comm_ms: median(x.comm), bytes: x.bytes, block_bytes: x.block, ...x.calls });
+    trains.length = 0;
+    // The prefills of every p and the link calibration, interleaved round by round: they are short
+    // (a 1 Gbit/s prefill takes a quarter of a second), and taken one after another a slow spell of
+    // this shared machine would land on one p and skew every speedup against it.
+    const prefills = LINK_P_VALUES.map((p) => {
+      const model = new RankModel(resolveConfig(c.model, { tp: spec.tp, p }), be, comm);
+      model.initFromSeed(1);
+      return { p, model, cache: model.createCache(prefillB, T), ms: [] as number[], comm: [] as number[], bytes: 0, block: 0, calls: { calls: 0, block_calls: 0 } };
+    });
+    const calibrator = new LinkCalibrator(comm, be);
+    const rounds = Math.max(spec.steps, PREFILL_ROUNDS);
+    for (let i = 0; i <= rounds; i++) {
+      for (const x of prefills) {
+        x.cache.len = 0;
+        await comm.barrier('bench.sync');
+        comm.resetStats();
+        const t0 = performance.now();
+        await x.model.forwardIncremental(prompt, T, x.cache);
+        const dt = performance.now() - t0;
+        const st = comm.stats();
+        if (i === 0) continue;
+        x.ms.push(dt);
+        x.comm.push(st.waitMs);
+        x.bytes = [...st.bytes.values()].reduce((a, b) => a + b, 0);
+        x.block = blockBytes(st);
+        x.calls = callCounts(st);
+      }
+      await calibrator.round(i > 0);
+    }
+    for (const x of prefills) out.push({ p: x.p, phase: 'prefill', ms: median(x.ms), comm_ms: median(x.comm), bytes: x.bytes, block_bytes: x.block, ...x.calls });
+    const calibration = calibrator.result();
     if (rank === 0) process.stdout.write(`${RESULT_PREFIX}${JSON.stringify({ calibration, results: out })}\n`);
   } catch (e) {
     comm.abort(e);
