@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { createMpiCommunicator, detectMpiLauncher, findMpirun, loadMpiAddon, type MpiAddon, type MpiLoader, mpiAvailable } from '../src/tp/mpi.js';
+import { createMpiCommunicator, DEFAULT_MPI_SEGMENT_BYTES, DEFAULT_MPI_SYNC_BYTES, detectMpiLauncher, findMpirun, loadMpiAddon, type MpiAddon, type MpiLoader, mpiAvailable, segmentBytesFrom, syncBytesFrom } from '../src/tp/mpi.js';
 import { chooseTransport, detectLauncher } from '../src/tp/transport-select.js';
 import { createVirtualGroup } from '../src/tp/virtual.js';
 import { repoRoot } from './helpers/paths.js';
@@ -115,6 +115,19 @@ describe('transport selection', () => {
     assert.throws(() => chooseTransport({ CAAT_TRANSPORT: 'carrier-pigeon' }), /unknown transport "carrier-pigeon"/);
   });
 
+  it('CAAT_MPI_SYNC_BYTES and CAAT_MPI_SEGMENT_BYTES: defaults, values, and errors that name the variable', () => {
+    assert.equal(syncBytesFrom({}, undefined), DEFAULT_MPI_SYNC_BYTES);
+    assert.equal(syncBytesFrom({ CAAT_MPI_SYNC_BYTES: '0' }, undefined), 0);
+    assert.equal(syncBytesFrom({ CAAT_MPI_SYNC_BYTES: '0' }, 100), 100);
+    assert.throws(() => syncBytesFrom({ CAAT_MPI_SYNC_BYTES: 'lots' }, undefined), /CAAT_MPI_SYNC_BYTES must be a non-negative number, got "lots"/);
+    assert.equal(segmentBytesFrom({}, undefined), DEFAULT_MPI_SEGMENT_BYTES);
+    assert.equal(DEFAULT_MPI_SEGMENT_BYTES, 1 << 20);
+    assert.equal(segmentBytesFrom({ CAAT_MPI_SEGMENT_BYTES: '65536' }, undefined), 65536);
+    assert.throws(() => segmentBytesFrom({ CAAT_MPI_SEGMENT_BYTES: '4' }, undefined), /CAAT_MPI_SEGMENT_BYTES must be a number of bytes ≥ 8, got "4"/);
+    assert.throws(() => segmentBytesFrom({ CAAT_MPI_SEGMENT_BYTES: '-1' }, undefined), /CAAT_MPI_SEGMENT_BYTES/);
+    assert.throws(() => segmentBytesFrom({}, 0), /segmentBytes must be at least 8, got 0/);
+  });
+
   it('createMpiCommunicator never initialises MPI outside a launcher', () => {
     const loader = spyLoader({ ok: true, addon: fakeAddon(), path: '/fake' });
     assert.throws(() => createMpiCommunicator({ env: {}, loader }), /the MPI transport is unavailable: not started by an MPI launcher/);
@@ -132,9 +145,9 @@ interface RunResult {
 }
 
 /** Runs the helper script on `np` ranks under mpirun; kills the job after `timeoutMs`. */
-function runMpi(np: number, scenario: string, extra: string[] = [], timeoutMs = 90_000): Promise<RunResult> {
+function runMpi(np: number, scenario: string, extra: string[] = [], timeoutMs = 90_000, addEnv: Record<string, string> = {}): Promise<RunResult> {
   const dir = mkdtempSync(join(tmpdir(), 'caat-mpi-'));
-  const env = { ...process.env };
+  const env = { ...process.env, ...addEnv };
   delete env['CAAT_TRANSPORT'];
   const args = [...mpirun!.baseArgs, '-np', String(np), process.execPath, SCRIPT, scenario, dir, ...extra];
   const t0 = Date.now();
@@ -171,8 +184,8 @@ async function virtualResults(n: number, seed: number): Promise<SequenceResult[]
   return Promise.all(comms.map((c) => fullSequence(c, seed)));
 }
 
-async function compareWithVirtual(np: number, seed: number): Promise<void> {
-  const [run, expected] = await Promise.all([runMpi(np, 'sequence', [String(seed)]), virtualResults(np, seed)]);
+async function compareWithVirtual(np: number, seed: number, addEnv: Record<string, string> = {}): Promise<void> {
+  const [run, expected] = await Promise.all([runMpi(np, 'sequence', [String(seed)], 90_000, addEnv), virtualResults(np, seed)]);
   assert.equal(run.code, 0, `mpirun exited with ${run.code}\n${run.stderr}`);
   assert.equal(run.files.length, np, `expected ${np} result files\n${run.stderr}`);
   for (let r = 0; r < np; r++) {
@@ -208,6 +221,13 @@ describe('MPI transport under mpirun', { skip: skipReason }, () => {
     }
     assert.ok(differs, 'test data should be sensitive to the reduction order');
     await compareWithVirtual(4, 4);
+  });
+
+  it('all-reduces in odd-sized pieces (CAAT_MPI_SEGMENT_BYTES=20004): still bitwise equal, 2 and 4 ranks', async () => {
+    // The sequence's 4 MB float32 all-reduce (at offset 7) and its float64 one then go in 5001- and
+    // 2500-element pieces; the default 1 MiB pieces are covered by the tests above.
+    await compareWithVirtual(2, 5, { CAAT_MPI_SEGMENT_BYTES: '20004' });
+    await compareWithVirtual(4, 6, { CAAT_MPI_SEGMENT_BYTES: '20004' });
   });
 
   it('mismatched calls: every rank gets CommMismatchError naming both calls, then CommAbortedError', async () => {
