@@ -343,6 +343,36 @@ class LinkCalibrator {
   }
 }
 
+/** One phase at one p over the rounds: each timed run's duration, collective wait and traffic. */
+class PhaseTimes {
+  private readonly ms: number[] = [];
+  private readonly waits: number[] = [];
+  private traffic = { bytes: 0, block_bytes: 0, calls: 0, block_calls: 0 };
+
+  constructor(
+    readonly p: number,
+    readonly phase: 'train' | 'prefill',
+  ) {}
+
+  /** Run `fn` once, the ranks starting together; `keep` false for a warm-up run. */
+  async time(comm: Communicator, keep: boolean, fn: () => Promise<unknown>): Promise<void> {
+    await comm.barrier('bench.sync');
+    comm.resetStats();
+    const t0 = performance.now();
+    await fn();
+    const dt = performance.now() - t0;
+    if (!keep) return;
+    const st = comm.stats();
+    this.ms.push(dt);
+    this.waits.push(st.waitMs);
+    this.traffic = { bytes: [...st.bytes.values()].reduce((a, b) => a + b, 0), block_bytes: blockBytes(st), ...callCounts(st) };
+  }
+
+  result(): WorkerResult {
+    return { p: this.p, phase: this.phase, ms: median(this.ms), comm_ms: median(this.waits), ...this.traffic };
+  }
+}
+
 function syntheticBatch(B: number, T: number, V: number, seed: number): Batch {
   let x = seed >>> 0;
   const inputs = new Int32Array(B * T);
@@ -389,55 +419,31 @@ async function worker(): Promise<void> {
       const cfg = resolveConfig(c.model, { tp: spec.tp, p });
       const train = parseTrainConfig({ steps: spec.steps + 1, batchSize: B, seqLen: T, warmup: 1, evalEvery: 0, ckptEvery: 0, evalBatches: 1 }, 'bench link');
       const [r] = createRankStates(cfg, train, be, [comm], { step: 0, tokensSeen: 0 });
-      return { p, r: r!, ms: [] as number[], comm: [] as number[], bytes: 0, block: 0, calls: { calls: 0, block_calls: 0 } };
+      return { r: r!, times: new PhaseTimes(p, 'train') };
     });
     for (let i = 0; i <= spec.steps; i++) {
-      for (const x of trains) {
-        await comm.barrier('bench.sync');
-        comm.resetStats();
-        const t0 = performance.now();
-        await rankTrainStep(x.r, [batch], B, T, 1e-3, 1);
-        const dt = performance.now() - t0;
-        const st = comm.stats();
-        if (i === 0) continue;
-        x.ms.push(dt);
-        x.comm.push(st.waitMs);
-        x.bytes = [...st.bytes.values()].reduce((a, b) => a + b, 0);
-        x.block = blockBytes(st);
-        x.calls = callCounts(st);
-      }
+      for (const x of trains) await x.times.time(comm, i > 0, () => rankTrainStep(x.r, [batch], B, T, 1e-3, 1));
     }
-    for (const x of trains) out.push({ p: x.p, phase: 'train', ms: median(x.ms), comm_ms: median(x.comm), bytes: x.bytes, block_bytes: x.block, ...x.calls });
-    trains.length = 0;
+    for (const x of trains) out.push(x.times.result());
+    trains.length = 0; // the training states (optimizer, activations) can go before the prefills' models
     // The prefills of every p and the link calibration, interleaved round by round: they are short
     // (a 1 Gbit/s prefill takes a quarter of a second), and taken one after another a slow spell of
     // this shared machine would land on one p and skew every speedup against it.
     const prefills = LINK_P_VALUES.map((p) => {
       const model = new RankModel(resolveConfig(c.model, { tp: spec.tp, p }), be, comm);
       model.initFromSeed(1);
-      return { p, model, cache: model.createCache(prefillB, T), ms: [] as number[], comm: [] as number[], bytes: 0, block: 0, calls: { calls: 0, block_calls: 0 } };
+      return { model, cache: model.createCache(prefillB, T), times: new PhaseTimes(p, 'prefill') };
     });
     const calibrator = new LinkCalibrator(comm, be);
     const rounds = Math.max(spec.steps, PREFILL_ROUNDS);
     for (let i = 0; i <= rounds; i++) {
       for (const x of prefills) {
         x.cache.len = 0;
-        await comm.barrier('bench.sync');
-        comm.resetStats();
-        const t0 = performance.now();
-        await x.model.forwardIncremental(prompt, T, x.cache);
-        const dt = performance.now() - t0;
-        const st = comm.stats();
-        if (i === 0) continue;
-        x.ms.push(dt);
-        x.comm.push(st.waitMs);
-        x.bytes = [...st.bytes.values()].reduce((a, b) => a + b, 0);
-        x.block = blockBytes(st);
-        x.calls = callCounts(st);
+        await x.times.time(comm, i > 0, () => x.model.forwardIncremental(prompt, T, x.cache));
       }
       await calibrator.round(i > 0);
     }
-    for (const x of prefills) out.push({ p: x.p, phase: 'prefill', ms: median(x.ms), comm_ms: median(x.comm), bytes: x.bytes, block_bytes: x.block, ...x.calls });
+    for (const x of prefills) out.push(x.times.result());
     const calibration = calibrator.result();
     if (rank === 0) process.stdout.write(`${RESULT_PREFIX}${JSON.stringify({ calibration, results: out })}\n`);
   } catch (e) {

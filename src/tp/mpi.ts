@@ -58,6 +58,7 @@ import {
   payloadBytes,
   SerialCommunicator,
   canonicalJson,
+  tagHash,
 } from './transport-common.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -258,14 +259,6 @@ export const DEFAULT_MPI_SEGMENT_BYTES = 1 << 20;
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-function tagHash(tag: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < tag.length; i++) {
-    h ^= tag.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h | 0;
-}
 
 export interface MpiCommunicatorOptions {
   /** Environment to check for a launcher (default process.env). */

@@ -72,6 +72,7 @@ import {
   payloadBytes,
   reduceRanks,
   SerialCommunicator,
+  tagHash,
 } from './transport-common.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -119,14 +120,6 @@ export class FrameError extends Error {
   }
 }
 
-export function tagHash(tag: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < tag.length; i++) {
-    h ^= tag.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h >>> 0;
-}
 
 /** Header and tag bytes of one frame (the body is written separately, without a copy). */
 export function encodeFrameHead(h: Omit<FrameHeader, 'tagHash'>): Buffer {

@@ -70,6 +70,7 @@ import {
   LocalRankGroup,
   reduceRanks,
   RemoteAbort,
+  tagHash,
 } from './transport-common.js';
 
 // ---------------------------------------------------------------------------------------------------
@@ -126,14 +127,6 @@ function readAbort(ctl: Int32Array): { rank: number; message: string } | null {
   return { rank: Atomics.load(ctl, FAILED_RANK), message: decoder.decode(bytes) };
 }
 
-function tagHash(tag: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < tag.length; i++) {
-    h ^= tag.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return h | 0;
-}
 
 function rankRange(first: number, count: number): string {
   return count === 1 ? `rank ${first}` : `ranks ${first}–${first + count - 1}`;

@@ -84,6 +84,16 @@ function checkCount(v: number, what: string): void {
   if (!Number.isInteger(v) || v < 0) throw new RangeError(`${what} must be a non-negative integer, got ${v}`);
 }
 
+/** FNV-1a hash of a collective's tag (unsigned 32-bit), sent with every call to check the ranks agree. */
+export function tagHash(tag: string): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < tag.length; i++) {
+    h ^= tag.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return h >>> 0;
+}
+
 export function describeCall(c: CollectiveCall): string {
   const parts: string[] = [];
   if (c.op !== '') parts.push(c.op);
