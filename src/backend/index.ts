@@ -40,6 +40,17 @@ export function probeBackends(opts: BackendOptions = {}): { name: BackendName; b
   });
 }
 
+/** The one command that gives a Debian or Ubuntu machine the native backend. */
+export const NATIVE_FIX_COMMAND = 'sudo apt-get install -y --no-install-recommends libdnnl-dev libopenblas-dev && npm run build:native';
+
+/** Training speed of each backend next to native (bench train, tiny and small configs, and the default run). */
+const SLOWER_THAN_NATIVE: Record<BackendName, string> = { native: '', wasm: 'about 4-5x', js: 'several hundred times' };
+
+/** The line printed when the automatic choice falls back from native: what is used, the cost, the fix. */
+export function nativeFallbackNotice(using: BackendName, reason: string): string {
+  return `caatnet: the native backend is unavailable (${reason}); using ${using}, ${SLOWER_THAN_NATIVE[using]} slower for training. Fix: ${NATIVE_FIX_COMMAND}`;
+}
+
 let logged = false;
 
 /**
@@ -49,6 +60,7 @@ let logged = false;
 export function selectBackend(requested?: string, opts: BackendOptions & { quiet?: boolean } = {}): Backend {
   const want = requested ?? process.env['CAAT_BACKEND'];
   let be: Backend | undefined;
+  let nativeReason: string | undefined;
   if (want !== undefined && want !== '' && want !== 'auto') {
     if (!isBackendName(want)) throw new Error(`unknown backend "${want}" (expected native, wasm, js or auto)`);
     be = loadBackend(want, opts);
@@ -59,6 +71,7 @@ export function selectBackend(requested?: string, opts: BackendOptions & { quiet
         break;
       } catch (e) {
         if (!(e instanceof BackendUnavailableError)) throw e;
+        if (name === 'native') nativeReason = e.reason;
       }
     }
   }
@@ -66,6 +79,7 @@ export function selectBackend(requested?: string, opts: BackendOptions & { quiet
   if (!logged && !opts.quiet) {
     logged = true;
     process.stderr.write(`caatnet: backend ${be.description}\n`);
+    if (nativeReason !== undefined) process.stderr.write(`${nativeFallbackNotice(be.name, nativeReason)}\n`);
   }
   return be;
 }
