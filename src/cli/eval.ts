@@ -11,7 +11,8 @@ import { writeFileAtomic } from '../io/atomic.js';
 import type { MetricRecord } from '../eval/metrics.js';
 import { scoringProgress } from '../eval/progress.js';
 import { PROXY_TASKS, PROXY_TYPES, proxyRecords } from '../eval/proxy.js';
-import { aggregate, buildTaskSet, formatTable, heldOutDocuments, isProxyName, splitTaskList } from '../eval/run.js';
+import { aggregate, buildTaskSet, formatTable, heldOutDocuments, isProxyName, proxyOptions, splitTaskList } from '../eval/run.js';
+import { loadTokenizer } from '../data/tokenizers.js';
 import { scoreRequests, DEFAULT_BATCH_TOKENS, type Scores } from '../eval/scorer.js';
 import { loadRun } from './infer.js';
 import { UserError } from './run.js';
@@ -43,6 +44,7 @@ export interface EvalFlags {
 interface RunJson {
   data: { corpus: string; valFraction?: number; cacheDir?: string };
   train: { seqLen: number };
+  model: { seqLen: number };
 }
 
 function readRunJson(dir: string): RunJson {
@@ -72,7 +74,7 @@ function exportProxyTasks(f: EvalFlags): void {
   const runJson = readRunJson(f.run);
   const names = splitTaskList(f.tasks).flatMap((t) => (t === 'proxy' ? [...PROXY_TASKS] : isProxyName(t) ? [t] : []));
   const docs = heldOutDocuments(runJson.data);
-  const proxy = { items: posInt('proxy-items', f.proxyItems), seed: num('proxy-seed', f.proxySeed) };
+  const proxy = proxyOptions(loadTokenizer(path.join(f.run, 'tokenizer.json')), runJson.model.seqLen, { items: posInt('proxy-items', f.proxyItems), seed: num('proxy-seed', f.proxySeed) });
   fs.mkdirSync(f.exportTasks!, { recursive: true });
   for (const name of names.length ? [...new Set(names)] : PROXY_TASKS) {
     const recs = proxyRecords(name, docs, proxy);

@@ -273,11 +273,17 @@ export function buildTaskSet(
   const sources = resolveTasks(list, taskFiles(o.taskFile, o.taskDir));
   let docs: readonly Document[] | undefined;
   const heldOut = () => (docs ??= o.heldOut());
+  const proxy = proxyOptions(o.tokenizer, o.L, o.proxy);
   return prepareTaskSet(
-    sources.map((s) => ({ name: s.name, type: s.type, docs: planSource(s, heldOut, o.proxy) })),
+    sources.map((s) => ({ name: s.name, type: s.type, docs: planSource(s, heldOut, proxy) })),
     o.tokenizer,
     o.L,
   );
+}
+
+/** Proxy items must fit the context window whole: their full text in fewer than L tokens. */
+export function proxyOptions(tok: Tokenizer, L: number, o: ProxyOptions = {}): ProxyOptions {
+  return { fits: (text) => tok.encode(text).length < L, ...o };
 }
 
 /** Split a comma-separated task list. */

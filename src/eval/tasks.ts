@@ -176,7 +176,9 @@ export function planRecord(type: TaskType, rec: unknown, docId: number, where: s
   if (!r.success) {
     const issue = r.error.issues[0]!;
     const field = issue.path.length ? issue.path.join('.') : '(record)';
-    const missing = issue.code === 'invalid_type' && /received undefined/.test(issue.message);
+    let v: unknown = rec;
+    for (const k of issue.path) v = v !== null && typeof v === 'object' ? (v as Record<PropertyKey, unknown>)[k as PropertyKey] : undefined;
+    const missing = v === undefined;
     throw new UserError(`${where}: ${type} record: field "${field}": ${missing ? 'missing' : issue.message}${hint(type, rec)}`);
   }
   try {
