@@ -6,7 +6,7 @@
 import type { Tokenizer, TokenizerJSON } from '../../src/data/tokenizer.js';
 import type { RankModel } from '../../src/model/model.js';
 
-const CHARS = [...Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i)), '\n', 'é', 'è', 'ü', '日', '本', '語', '—', '’', '😀'];
+const CHARS = [...Array.from({ length: 95 }, (_, i) => String.fromCharCode(32 + i)), '\n', 'é', 'è', 'ü', 'ï', 'ö', '日', '本', '語', '—', '’', '😀'];
 const MERGES = ['ed w', ' the', 'th', 'he', ' a', 'in', 'er', ' s'];
 
 export class ToyTokenizer implements Tokenizer {
