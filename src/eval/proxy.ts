@@ -7,7 +7,7 @@
  * | proxy_cloze         | lambada_openai | a held-out passage ending in a sentence's last word (final punctuation cut)   | ~0     |
  * | proxy_next_sentence | hellaswag      | a passage and its true next sentence vs 3 sentences of other documents        | 0.25   |
  * | proxy_word_order    | openbookqa     | a sentence's rest vs the same rest with two adjacent words swapped            | 0.5    |
- * | proxy_heldout       | wikitext       | every held-out document as one page (rolling perplexity)                      | -      |
+ * | proxy_heldout       | wikitext       | held-out documents as pages (seeded order, up to 200 000 characters in all)   | -      |
  *
  * Sentences: a document's whitespace runs collapse to one space, and it is cut after ".", "!" or "?"
  * (optionally followed by a closing quote or bracket) before a space and an upper-case letter or an
@@ -28,10 +28,13 @@ export const PROXY_TYPES: Record<ProxyName, TaskType> = {
 
 export const DEFAULT_PROXY_ITEMS = 1000;
 export const DEFAULT_PROXY_SEED = 1234;
+export const DEFAULT_HELDOUT_CHARS = 200_000;
 
 export interface ProxyOptions {
   items?: number;
   seed?: number;
+  /** proxy_heldout: whole documents in a seeded order up to this many characters in all (default 200 000). */
+  heldoutChars?: number;
   /** Keep only items whose text (context and longest continuation) passes: e.g. fits the context window. */
   fits?: (text: string) => boolean;
 }
@@ -96,7 +99,15 @@ export function proxyRecords(name: ProxyName, docs: readonly Document[], o: Prox
   const seed = (o.seed ?? DEFAULT_PROXY_SEED) + PROXY_TASKS.indexOf(name) * 0x9e3779b1;
   const rand = mulberry32(seed >>> 0);
   const sents = docs.map((d) => sentencesOf(d.text));
-  if (name === 'proxy_heldout') return docs.filter((d) => d.text.length > 0).map((d) => ({ page: d.text }));
+  if (name === 'proxy_heldout') {
+    const budget = o.heldoutChars ?? DEFAULT_HELDOUT_CHARS;
+    let used = 0;
+    return pick(docs.filter((d) => d.text.length > 0), Infinity, rand, (d) => {
+      if (used > 0 && used + d.text.length > budget) return undefined;
+      used += d.text.length;
+      return { page: d.text };
+    });
+  }
   if (name === 'proxy_cloze') {
     const cands: { d: number; k: number; body: string }[] = [];
     sents.forEach((ss, d) => {
@@ -138,7 +149,7 @@ export function proxyRecords(name: ProxyName, docs: readonly Document[], o: Prox
       const label = Math.floor(rand() * 4);
       endings.splice(label, 0, c.next);
       const longest = endings.reduce((a, b) => (b.length > a.length ? b : a));
-      const ctx = fittingContext(sents[c.d]!, c.k, 50, (x) => fits(`Passage: ${x} ${longest}`));
+      const ctx = fittingContext(sents[c.d]!, c.k, 30, (x) => fits(`Passage: ${x} ${longest}`));
       if (ctx === undefined) return undefined;
       return { activity_label: 'Passage', ctx_a: ctx, ctx_b: '', ctx, endings, source_id: `proxy-${docs[c.d]!.id}`, split: 'val', split_type: 'indomain', label: String(label) };
     });

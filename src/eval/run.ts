@@ -85,9 +85,9 @@ export function resolveTasks(list: string[], files: Map<string, TaskSource>): Ta
     if (m) {
       if (!isTaskType(m[1]!)) throw new UserError(`task "${item}": unknown task type "${m[1]}" (expected one of ${TASK_TYPES.join(', ')})`);
       push({ name: m[1]!, type: m[1]!, file: m[2]! });
-    } else if (item === 'proxy') for (const p of PROXY_TASKS) push({ name: p, type: PROXY_TYPES[p], proxy: p });
+    } else if (files.has(item)) push(files.get(item)!); // a file of that name wins over a built-in task
+    else if (item === 'proxy') for (const p of PROXY_TASKS) push({ name: p, type: PROXY_TYPES[p], proxy: p });
     else if (isProxyName(item)) push({ name: item, type: PROXY_TYPES[item], proxy: item });
-    else if (files.has(item)) push(files.get(item)!);
     else if (isTaskType(item)) {
       throw new UserError(`task "${item}": no data file; give --task-file ${item}=PATH.jsonl, --task-dir FOLDER (holding ${item}.jsonl) or ${item}=PATH.jsonl in the list`);
     } else {
