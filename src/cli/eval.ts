@@ -14,6 +14,7 @@ import { PROXY_TASKS, PROXY_TYPES, proxyRecords } from '../eval/proxy.js';
 import { aggregate, buildTaskSet, formatTable, heldOutDocuments, isProxyName, proxyOptions, splitTaskList } from '../eval/run.js';
 import { loadTokenizer } from '../data/tokenizers.js';
 import { scoreRequests, DEFAULT_BATCH_TOKENS, type Scores } from '../eval/scorer.js';
+import { processMode } from '../train/process-host.js';
 import { loadRun } from './infer.js';
 import { UserError } from './run.js';
 import { num } from './train.js';
@@ -69,8 +70,15 @@ export async function evalCommand(f: EvalFlags): Promise<void> {
   return lossEval(f);
 }
 
+/** Under a launcher only rank 0 writes files. */
+function isLead(f: EvalFlags): boolean {
+  const mode = processMode(f.transport, f.commTimeout);
+  return mode === null || (mode !== 'idle' && mode.launch.rank === 0);
+}
+
 /** Write the proxy tasks (all, or those named in --tasks) as NAME.TYPE.jsonl files. */
 function exportProxyTasks(f: EvalFlags): void {
+  if (!isLead(f)) return;
   const runJson = readRunJson(f.run);
   const names = splitTaskList(f.tasks).flatMap((t) => (t === 'proxy' ? [...PROXY_TASKS] : isProxyName(t) ? [t] : []));
   const docs = heldOutDocuments(runJson.data);
@@ -118,7 +126,7 @@ async function taskEval(f: EvalFlags): Promise<void> {
   }
   const res = aggregate(set, scores, { bootstrapIters, samples: f.logSamples !== undefined });
   reportUnscored(res.unscored);
-  if (f.logSamples !== undefined) {
+  if (f.logSamples !== undefined && isLead(f)) {
     writeFileAtomic(f.logSamples, res.samples.map((s) => `${JSON.stringify(s)}\n`).join(''));
   }
   const secs = (performance.now() - t0) / 1000;
