@@ -188,4 +188,35 @@ describe('batched scorer', () => {
       assert.deepEqual([...thr.greedy], [...virt.greedy]);
     }
   });
+
+  test('targetLogProbs at TP 2, p = 0.5: log-softmax of the gathered logits; ties go to the first global index', async () => {
+    const vm = vmAt(2, 0.5);
+    const V = vm.cfg.vocab;
+    const Vl = V / 2;
+    const inputs = Int32Array.from([5, 9, 14, 20, 7, 30]);
+    const targets = Int32Array.from([0, V - 2, 11, 3, 40, Vl]);
+    const run = () =>
+      vm.all(async (m) => {
+        await m.forward(inputs, targets, 2, 3);
+        return { ...(await m.targetLogProbs(targets)), local: Float32Array.from(m.logitsLocal()) };
+      });
+    const got = await run();
+    for (let i = 0; i < 6; i++) {
+      const row = [...got[0]!.local.subarray(i * Vl, (i + 1) * Vl), ...got[1]!.local.subarray(i * Vl, (i + 1) * Vl)];
+      const max = Math.max(...row);
+      const lse = max + Math.log(row.reduce((a, x) => a + Math.exp(x - max), 0));
+      assert.ok(Math.abs(got[0]!.logp[i]! - (row[targets[i]!]! - lse)) < 1e-5, `position ${i}`);
+      assert.equal(got[0]!.greedy[i], row.indexOf(max) === targets[i] ? 1 : 0);
+    }
+    assert.deepEqual([...got[1]!.logp], [...got[0]!.logp]);
+    assert.deepEqual([...got[1]!.greedy], [...got[0]!.greedy]);
+    // A zero final-norm weight makes every logit 0: all V tie, token 0 (rank 0's block) is the argmax.
+    const full = new Map(vm.ranks[0]!.specs.map((sp) => [sp.name, Float32Array.from(vm.full('params', sp.name))]));
+    full.get('model.norm.weight')!.fill(0);
+    for (const m of vm.ranks) m.loadFull((sp) => full.get(sp.name)!);
+    const tied = await run();
+    assert.deepEqual([...tied[0]!.greedy], [1, 0, 0, 0, 0, 0]);
+    assert.deepEqual([...tied[1]!.greedy], [1, 0, 0, 0, 0, 0]);
+    for (const x of tied[0]!.logp) assert.ok(Math.abs(x + Math.log(V)) < 1e-6);
+  });
 });
