@@ -1,11 +1,11 @@
 /**
- * `caat generate` and `caat eval`: load a run folder's latest checkpoint at its TP degree (every
- * logical rank hosted as a virtual rank in this process), then sample or evaluate.
+ * `caat generate`, and `loadRun` (used by `caat eval` too): load a run folder's latest checkpoint at its
+ * TP degree (every logical rank hosted as a virtual rank in this process, or this process's ranks under
+ * a launcher), then sample.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { selectBackend } from '../backend/index.js';
-import { bitsPerByte, prepareData, unigramEntropy, validationBatches } from '../data/dataset.js';
 import { StreamDecoder, type Tokenizer } from '../data/tokenizer.js';
 import { loadTokenizer } from '../data/tokenizers.js';
 import { loadCheckpoint } from '../io/checkpoint.js';
@@ -135,62 +135,4 @@ export async function generateCommand(f: GenerateFlags): Promise<void> {
   process.stdout.write(`${dec.flush()}\n`);
   const secs = (performance.now() - t0) / 1000;
   process.stderr.write(`generated ${produced} tokens in ${secs.toFixed(2)} s (${(produced / secs).toFixed(1)} tok/s, TP ${run.cfg.parallel.tp}, p ${run.cfg.parallel.p})\n`);
-}
-
-export interface EvalFlags {
-  run: string;
-  maxBatches?: string;
-  batchSize: string;
-  json?: boolean;
-  backend?: string;
-  tp?: string;
-  p?: string;
-  privateScale?: string;
-  transport?: string;
-  commTimeout?: string;
-}
-
-export async function evalCommand(f: EvalFlags): Promise<void> {
-  const run = loadRun(f.run, f);
-  const runJson = JSON.parse(fs.readFileSync(path.join(f.run, 'run.json'), 'utf8')) as { data: { corpus: string; valFraction?: number; cacheDir?: string }; train: { seqLen: number } };
-  const data = prepareData({
-    corpus: runJson.data.corpus,
-    tokenizer: run.tokenizer,
-    valFraction: runJson.data.valFraction,
-    cacheDir: runJson.data.cacheDir,
-    log: (m) => process.stderr.write(`${m}\n`),
-  });
-  const T = runJson.train.seqLen;
-  const B = num('batch-size', f.batchSize)!;
-  const maxBatches = num('max-batches', f.maxBatches) ?? Infinity;
-  let lossSum = 0;
-  let tokens = 0;
-  for (const b of validationBatches(data.val.tokens, B, T, maxBatches)) {
-    const l = await run.vm.all((m) => m.forward(b.inputs, b.targets, b.rows, T));
-    lossSum += l[0]! * b.rows * T;
-    tokens += b.rows * T;
-  }
-  if (tokens === 0) throw new UserError(`the validation split has fewer than ${T + 1} tokens`);
-  const loss = lossSum / tokens;
-  const result = {
-    run: f.run,
-    step: run.step,
-    tp: run.cfg.parallel.tp,
-    p: run.cfg.parallel.p,
-    val_tokens: tokens,
-    val_loss: loss,
-    perplexity: Math.exp(loss),
-    bits_per_byte: bitsPerByte(loss, data.val),
-    unigram_entropy_nats: unigramEntropy(data.train.tokens).natsPerToken,
-  };
-  if (f.json) process.stdout.write(`${JSON.stringify(result)}\n`);
-  else {
-    process.stdout.write(
-      `step ${result.step}  TP ${result.tp}  p ${result.p}\n` +
-        `validation loss  ${loss.toFixed(4)} nats/token over ${tokens} tokens\n` +
-        `perplexity       ${result.perplexity.toFixed(2)}\n` +
-        `bits per byte    ${result.bits_per_byte.toFixed(4)}\n` +
-        `unigram entropy  ${result.unigram_entropy_nats.toFixed(4)} nats/token (train split; a context-free model's loss)\n`,
-    );
-  }
 }

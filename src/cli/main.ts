@@ -51,7 +51,8 @@ parallelOptions(
     .option('--keep-checkpoints <n>', 'complete checkpoints to keep, 0 = all (default 3)')
     .option('--seed <n>', 'seed of the weights and data order (default 1234)')
     .option('--workers <m>', 'worker threads hosting the ranks (must divide --tp; 0 = all ranks in the main thread)')
-    .option('--cache-dir <dir>', 'token cache folder (default .cache/caatnet)'),
+    .option('--cache-dir <dir>', 'token cache folder (default .cache/caatnet)')
+    .option('--eval-tasks <list>', 'score these zero-shot tasks (as caat eval --tasks) at every validation step into metrics.jsonl'),
 ).action(async (opts) => runCli(async () => (await import('./train.js')).trainCommand(opts)));
 
 parallelOptions(
@@ -70,12 +71,22 @@ parallelOptions(
 parallelOptions(
   program
     .command('eval')
-    .description('validation loss, perplexity and bits per byte on the held-out documents')
+    .description('validation loss, perplexity and bits per byte on the held-out documents; with --tasks, zero-shot tasks by lm-evaluation-harness\'s rules')
     .requiredOption('--run <dir>', 'run folder')
-    .option('--batch-size <n>', 'sequences per batch', '16')
-    .option('--max-batches <n>', 'evaluate at most this many batches')
-    .option('--json', 'print one JSON object'),
-).action(async (opts) => runCli(async () => (await import('./infer.js')).evalCommand(opts)));
+    .option('--batch-size <n>', 'sequences per batch (validation loss)', '16')
+    .option('--max-batches <n>', 'evaluate at most this many batches (validation loss)')
+    .option('--json', 'print one JSON object (validation loss), or one line per task and metric (tasks)')
+    .option('--tasks <list>', 'comma-separated: proxy (all proxy tasks), proxy_cloze, proxy_next_sentence, proxy_word_order, proxy_heldout, TYPE=PATH.jsonl, or a task type given by --task-file/--task-dir')
+    .option('--task-file <type=path>', 'a JSONL file of a task type (lambada_openai, hellaswag, winogrande, piqa, openbookqa, boolq, wikitext); repeatable', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--task-dir <folder>', 'a folder of task files named TYPE.jsonl or NAME.TYPE.jsonl')
+    .option('--log-samples <file>', 'write one JSON line per document (context, continuations, log-likelihoods, prediction)')
+    .option('--export-tasks <folder>', 'write the proxy tasks as NAME.TYPE.jsonl files (all, or those named in --tasks)')
+    .option('--batch-tokens <n>', 'tasks: rows × positions per forward (default 4096)')
+    .option('--workers <m>', 'tasks: host the ranks on m worker threads (must divide --tp; default 0: virtual ranks in this thread)')
+    .option('--proxy-items <n>', 'items per proxy task (default 1000)')
+    .option('--proxy-seed <n>', 'seed of the proxy tasks (default 1234)')
+    .option('--bootstrap-iters <n>', 'bootstrap resamples for the perplexity stderr (default 100000)'),
+).action(async (opts) => runCli(async () => (await import('./eval.js')).evalCommand(opts)));
 
 program
   .command('gradcheck')

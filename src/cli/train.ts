@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { ConfigError, formatZodError, ModelConfigSchema, ParallelConfigSchema, resolveConfig } from '../model/config.js';
 import { parseTrainConfig } from '../train/config.js';
 import { train, type RunSpec } from '../train/trainer.js';
+import { splitTaskList } from '../eval/run.js';
 import { UserError } from './run.js';
 
 /** The default model: ~1.8M parameters with the default 4096-token BPE. */
@@ -67,6 +68,7 @@ export interface TrainFlags {
   cacheDir?: string;
   transport?: string;
   commTimeout?: string;
+  evalTasks?: string;
 }
 
 /** Parse a numeric flag strictly: "--lr abc" is an error naming the flag. */
@@ -154,6 +156,7 @@ export function buildRunSpec(f: TrainFlags): RunSpec {
     },
     workers,
     backend: f.backend ?? file.backend,
+    ...(f.evalTasks !== undefined ? { evalTasks: splitTaskList(f.evalTasks) } : {}),
   };
 }
 

@@ -13,7 +13,7 @@
 import type { Backend, FloatArray } from '../backend/types.js';
 import { ropeTables } from '../backend/js.js';
 import type { Communicator } from '../tp/comm.js';
-import { embeddingReduce, partialAllReduce, vocabParallelMax, vocabParallelSums } from '../tp/ops.js';
+import { embeddingReduce, partialAllReduce, vocabParallelArgmax, vocabParallelMax, vocabParallelSums } from '../tp/ops.js';
 import type { ResolvedConfig } from './config.js';
 import { initFull, ParamSet, type ParamSpec, paramSpecs, sliceShard } from './params.js';
 
@@ -121,6 +121,7 @@ export const TAGS = {
   ceSum: 'ce.fwd.sum',
   gradSync: 'grad.replicated',
   gradNorm: 'grad.norm',
+  scoreArgmax: 'score.argmax',
 } as const;
 
 export interface KVCache {
@@ -468,6 +469,35 @@ export class RankModel {
       for (let b = 0; b < B; b++) out.set(gathered.subarray((r * B + b) * Vl, (r * B + b + 1) * Vl), b * cfg.vocab + r * Vl);
     }
     return out;
+  }
+
+  /**
+   * After `forward`: per position i of the B·T, the natural-log probability of targets[i] under the
+   * softmax over the whole (padded) vocabulary, and whether targets[i] is the argmax (the first index
+   * on ties), i.e. what a greedy decoder would pick. Identical on every rank (one MAX all-reduce).
+   */
+  async targetLogProbs(targets: Int32Array): Promise<{ logp: Float64Array; greedy: Uint8Array }> {
+    const a = this.acts;
+    if (!a) throw new Error('targetLogProbs called before forward');
+    const BT = a.B * a.T;
+    const Vl = this.cfg.local.vocab;
+    const logp = new Float64Array(BT);
+    // From crossEntropy: a.rowMax (global maxima), a.sums[i] (global Σexp(x − max)) and a.sums[BT + i]
+    // (the target logit); the log-sum-exp is formed again in float64.
+    for (let i = 0; i < BT; i++) logp[i] = a.sums[BT + i]! - (Math.log(a.sums[i]!) + a.rowMax[i]!);
+    const idx = new Float32Array(BT);
+    const logits = a.logits;
+    for (let i = 0; i < BT; i++) {
+      const max = a.rowMax[i]!;
+      let j = 0;
+      const o = i * Vl;
+      while (j < Vl && logits[o + j]! !== max) j++;
+      idx[i] = j < Vl ? this.vocabStart + j : this.cfg.vocab;
+    }
+    await vocabParallelArgmax(this.comm, idx, BT, TAGS.scoreArgmax);
+    const greedy = new Uint8Array(BT);
+    for (let i = 0; i < BT; i++) greedy[i] = idx[i] === targets[i] ? 1 : 0;
+    return { logp, greedy };
   }
 
   /** This rank's logits [B·T, V/N] (vocab block r) from the last training forward. */

@@ -86,3 +86,16 @@ export async function vocabParallelMax(comm: Communicator, max: FloatArray, rows
 export async function vocabParallelSums(comm: Communicator, sums: FloatArray, rows: number, tag: string): Promise<void> {
   if (comm.size > 1) await comm.allReduce(sums, 'sum', tag, 0, 2 * rows);
 }
+
+/**
+ * Vocab-parallel argmax, in place on `idx` [rows]: on entry each rank holds, per row, the global index
+ * of its FIRST logit equal to the row's global maximum, or the vocabulary size V when it has none; on
+ * return every rank holds the smallest of those indices (the first global argmax, as numpy/torch break
+ * ties). Carried as −index through a MAX all-reduce; exact for V < 2^24 in float32.
+ */
+export async function vocabParallelArgmax(comm: Communicator, idx: FloatArray, rows: number, tag: string): Promise<void> {
+  if (comm.size === 1) return;
+  for (let i = 0; i < rows; i++) idx[i] = -idx[i]!;
+  await comm.allReduce(idx, 'max', tag, 0, rows);
+  for (let i = 0; i < rows; i++) idx[i] = -idx[i]!;
+}

@@ -9,6 +9,9 @@ import type { ResolvedConfig } from '../model/config.js';
 import { RankModel } from '../model/model.js';
 import { sliceShard } from '../model/params.js';
 import { runOnRanks, type Communicator } from '../tp/comm.js';
+import type { MetricRecord } from '../eval/metrics.js';
+import { aggregate, type TaskSet } from '../eval/run.js';
+import { scoreRequests, type RankHandle } from '../eval/scorer.js';
 import { AdamW } from './adamw.js';
 import type { TrainConfig } from './config.js';
 import { lrAt } from './schedule.js';
@@ -40,7 +43,10 @@ export interface StepEvent {
 export interface EvalEvent {
   type: 'eval';
   step: number;
-  valLoss: number;
+  /** Mean loss over the validation batches (absent when there are none). */
+  valLoss?: number;
+  /** Zero-shot task scores (--eval-tasks). */
+  tasks?: MetricRecord[];
 }
 
 export interface ShardEvent {
@@ -142,6 +148,15 @@ export interface HostOptions {
   val: Batch[];
   start: StartState;
   emit: (e: HostEvent) => void | Promise<void>;
+  /** Zero-shot tasks scored at every validation step (tokenised requests; see src/eval/run.ts). */
+  tasks?: TaskSet;
+}
+
+/** Score the tasks on this host's ranks; the reporting host aggregates them. */
+async function hostTaskScores(ranks: RankState[], tasks: TaskSet, report: boolean): Promise<MetricRecord[] | undefined> {
+  const handle: RankHandle = { ranks: ranks.map((r) => r.model), all: (fn) => allRanks(ranks, (r) => fn(r.model, ranks.indexOf(r))) };
+  const scores = await scoreRequests(handle, tasks.requests);
+  return report ? aggregate(tasks, scores).records : undefined;
 }
 
 /** The loop itself. Returns when `train.steps` is reached. */
@@ -181,10 +196,9 @@ export async function runHost(o: HostOptions): Promise<void> {
     }
     const last = step === train.steps;
     if ((train.evalEvery > 0 && step % train.evalEvery === 0) || last) {
-      if (o.val.length > 0) {
-        const v = await allRanks(ranks, (r) => rankEval(r, o.val, B, T));
-        if (reporter) await o.emit({ type: 'eval', step, valLoss: v[0]! });
-      }
+      const v = o.val.length > 0 ? (await allRanks(ranks, (r) => rankEval(r, o.val, B, T)))[0]! : undefined;
+      const tasks = o.tasks ? await hostTaskScores(ranks, o.tasks, reporter !== undefined) : undefined;
+      if (reporter && (v !== undefined || tasks)) await o.emit({ type: 'eval', step, ...(v !== undefined ? { valLoss: v } : {}), ...(tasks ? { tasks } : {}) });
     }
     if ((train.ckptEvery > 0 && step % train.ckptEvery === 0) || last) {
       const loader = data.state();

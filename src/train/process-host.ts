@@ -41,7 +41,7 @@ import { configDifference, rendezvous } from '../tp/rendezvous.js';
 import type { TcpCommunicator } from '../tp/tcp.js';
 import { chooseTransport } from '../tp/transport-select.js';
 import { createRankStates, runHost, type HostEvent, type ShardEvent } from './loop.js';
-import { describeRun, openRun, prepareRun, RunWriter, writeRunFiles, type RunSpec, type TrainResult } from './run.js';
+import { describeRun, openRun, prepareEvalTasks, prepareRun, RunWriter, writeRunFiles, type RunSpec, type TrainResult } from './run.js';
 import { makeBatchSource, makeValBatches } from './trainer.js';
 
 /** This process's place in a multi-process job, and how long to wait for the others. */
@@ -268,6 +268,7 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
     backend: be.name,
     out: opts.runDir ?? null,
     resume: opts.resume ?? null,
+    evalTasks: spec.evalTasks ?? null,
   };
   log(`${p.launch.launcher}: rank 0 of ${p.launch.worldSize} processes, ${p.mpi ? 'collectives over MPI' : `rendezvous on ${p.launch.masterAddr}:${p.launch.masterPort}`}`);
   let comms: TcpCommunicator[];
@@ -288,6 +289,7 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
       throw new Error(`the tokenised data on rank ${comms[0]!.rank} differs from rank 0's (different corpus files, tokenizer or cache on this host?)`);
     }
     if (lead && !opts.resume) writeRunFiles(runDir, spec, cfg, data.tokenizer);
+    const tasks = prepareEvalTasks(spec, data, cfg, log);
     log(describeRun(cfg, data, ` on ${p.launch.worldSize} processes over ${p.mpi ? 'MPI' : 'TCP'}`));
     if (lead) writer = new RunWriter(runDir, cfg, spec, start.step);
     const shardEvents: ShardEvent[] = [];
@@ -303,7 +305,7 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
       await runOnRanks(comms, (c) => (c as TcpCommunicator).withTimeout(longWaitMs(p), () => c.barrier('ckpt.written')));
     };
     const ranks = createRankStates(cfg, spec.train, be, comms, start);
-    await runHost({ ranks, train: spec.train, data: makeBatchSource(data.train.tokens, spec.train), val: makeValBatches(data.val.tokens, spec.train), start, emit: onEvent });
+    await runHost({ ranks, train: spec.train, data: makeBatchSource(data.train.tokens, spec.train), val: makeValBatches(data.val.tokens, spec.train), start, emit: onEvent, ...(tasks ? { tasks } : {}) });
     writer?.close();
     const seconds = (performance.now() - t0) / 1000;
     if (writer) log(writer.summary(seconds));

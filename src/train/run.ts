@@ -6,7 +6,9 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { splitCorpus, type Corpus } from '../data/corpus.js';
 import { prepareData, type PreparedDataset } from '../data/dataset.js';
+import { buildTaskSet, type TaskSet } from '../eval/run.js';
 import type { Tokenizer } from '../data/tokenizer.js';
 import { loadTokenizer, saveTokenizer } from '../data/tokenizers.js';
 import { writeFileAtomic } from '../io/atomic.js';
@@ -26,6 +28,8 @@ export interface RunSpec {
   /** Worker threads hosting the ranks; 0 = every rank as a virtual rank in the main thread. */
   workers: number;
   backend?: string;
+  /** Zero-shot tasks scored at every validation step (`--eval-tasks`, as `caat eval --tasks`). */
+  evalTasks?: string[];
 }
 
 export interface TrainResult {
@@ -66,7 +70,7 @@ export function openRun(opts: { runDir?: string; resume?: string }, lead: boolea
 }
 
 /** Tokenised data and the resolved model config of a run (the vocab comes from the tokenizer). */
-export function prepareRun(spec: RunSpec, tokenizer: Tokenizer | undefined, log: (m: string) => void): { data: PreparedDataset; cfg: ResolvedConfig } {
+export function prepareRun(spec: RunSpec, tokenizer: Tokenizer | undefined, log: (m: string) => void): { data: PreparedDataset & { corpus: Corpus }; cfg: ResolvedConfig } {
   const data = prepareData({
     corpus: spec.data.corpus,
     tokenizer: tokenizer ?? spec.data.tokenizer,
@@ -79,6 +83,15 @@ export function prepareRun(spec: RunSpec, tokenizer: Tokenizer | undefined, log:
   if (spec.train.seqLen > cfg.model.seqLen) throw new Error(`train seqLen ${spec.train.seqLen} exceeds the model's seqLen ${cfg.model.seqLen}`);
   for (const n of cfg.notes) log(`note: ${n}`);
   return { data, cfg };
+}
+
+/** The --eval-tasks of a run, tokenised (proxy tasks come from the run's held-out documents). */
+export function prepareEvalTasks(spec: RunSpec, data: PreparedDataset & { corpus: Corpus }, cfg: ResolvedConfig, log: (m: string) => void): TaskSet | undefined {
+  if (!spec.evalTasks || spec.evalTasks.length === 0) return undefined;
+  const split = spec.data.valFraction !== undefined ? { valFraction: spec.data.valFraction } : {};
+  const set = buildTaskSet(spec.evalTasks, { tokenizer: data.tokenizer, L: cfg.model.seqLen, heldOut: () => splitCorpus(data.corpus.documents, split).val });
+  log(`eval tasks: ${set.tasks.map((t) => `${t.name} (${t.docs.length})`).join(', ')}: ${set.requests.length} requests at every validation step`);
+  return set;
 }
 
 /** Write the files a new run starts with: its tokenizer and its resolved configuration. */
@@ -127,12 +140,19 @@ export class RunWriter {
       this.pending = stepRecord(e, this.cfg);
       this.progress.update(e.step, e.loss, e.tokens / (e.ms / 1000));
     } else {
-      this.finalValLoss = e.valLoss;
-      if (this.pending && this.pending['step'] === e.step) {
-        this.pending['val_loss'] = e.valLoss;
-        this.pending['val_ppl'] = Math.exp(e.valLoss);
+      const here = this.pending && this.pending['step'] === e.step ? this.pending : undefined;
+      if (e.valLoss !== undefined) {
+        this.finalValLoss = e.valLoss;
+        if (here) {
+          here['val_loss'] = e.valLoss;
+          here['val_ppl'] = Math.exp(e.valLoss);
+        }
+        this.progress.note(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)} (perplexity ${Math.exp(e.valLoss).toFixed(2)})`);
       }
-      this.progress.note(`step ${e.step}: validation loss ${e.valLoss.toFixed(4)} (perplexity ${Math.exp(e.valLoss).toFixed(2)})`);
+      if (e.tasks) {
+        if (here) here['tasks'] = e.tasks;
+        this.progress.note(`step ${e.step}: ${e.tasks.map((r) => `${r.task} ${r.metric} ${r.value.toFixed(4)}`).join(', ')}`);
+      }
     }
   }
 

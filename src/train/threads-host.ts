@@ -7,12 +7,13 @@ import type { BackendName } from '../backend/types.js';
 import type { ResolvedConfig } from '../model/config.js';
 import { paramSpecs, placeShard } from '../model/params.js';
 import { launchThreadGroup } from '../tp/threads.js';
+import type { TaskSet } from '../eval/run.js';
 import type { TrainConfig } from './config.js';
 import type { HostEvent, StartState } from './loop.js';
 import type { HostData } from './trainer.js';
 
 export type WorkerInput =
-  | { mode: 'train'; cfg: ResolvedConfig; train: TrainConfig; backend: BackendName; data: HostData; start: StartState }
+  | { mode: 'train'; cfg: ResolvedConfig; train: TrainConfig; backend: BackendName; data: HostData; start: StartState; tasks?: TaskSet }
   | {
       mode: 'gradcheck';
       cfg: ResolvedConfig;
@@ -34,8 +35,9 @@ export async function runThreadHosts(o: {
   data: HostData;
   start: StartState;
   onEvent: (e: HostEvent) => void;
+  tasks?: TaskSet;
 }): Promise<void> {
-  const input: WorkerInput = { mode: 'train', cfg: o.cfg, train: o.train, backend: o.backend, data: o.data, start: o.start };
+  const input: WorkerInput = { mode: 'train', cfg: o.cfg, train: o.train, backend: o.backend, data: o.data, start: o.start, ...(o.tasks ? { tasks: o.tasks } : {}) };
   await launchThreadGroup<null, WorkerInput>({
     nRanks: o.cfg.parallel.tp,
     nWorkers: o.workers,

@@ -13,7 +13,8 @@ import { createVirtualGroup } from '../tp/virtual.js';
 import type { TrainConfig } from './config.js';
 import { createRankStates, runHost, type Batch, type BatchSource, type HostEvent, type ShardEvent, type StartState } from './loop.js';
 import type { ProcessLaunch } from './process-host.js';
-import { describeRun, openRun, prepareRun, RunWriter, writeRunFiles, type RunSpec, type TrainResult } from './run.js';
+import type { TaskSet } from '../eval/run.js';
+import { describeRun, openRun, prepareEvalTasks, prepareRun, RunWriter, writeRunFiles, type RunSpec, type TrainResult } from './run.js';
 
 export type { RunSpec, TrainResult } from './run.js';
 
@@ -96,6 +97,7 @@ export async function train(spec: RunSpec, opts: { runDir?: string; resume?: str
   if (!opts.resume) writeRunFiles(runDir, spec, cfg, data.tokenizer);
   const be = selectBackend(spec.backend);
   const threads = spec.workers > 0 && cfg.parallel.tp > 1;
+  const tasks = prepareEvalTasks(spec, data, cfg, log);
   log(describeRun(cfg, data, threads ? ` on ${spec.workers} worker thread${spec.workers > 1 ? 's' : ''}` : cfg.parallel.tp > 1 ? ' as virtual ranks in one thread' : ''));
   const writer = new RunWriter(runDir, cfg, spec, start.step);
   const assembler = new ShardAssembler(cfg);
@@ -108,9 +110,9 @@ export async function train(spec: RunSpec, opts: { runDir?: string; resume?: str
   try {
     if (threads) {
       const { runThreadHosts } = await import('./threads-host.js');
-      await runThreadHosts({ cfg, train: spec.train, backend: be.name, workers: spec.workers, data: hostData, start, onEvent });
+      await runThreadHosts({ cfg, train: spec.train, backend: be.name, workers: spec.workers, data: hostData, start, onEvent, ...(tasks ? { tasks } : {}) });
     } else {
-      await runVirtualHost(cfg, spec.train, be, hostData, start, onEvent);
+      await runVirtualHost(cfg, spec.train, be, hostData, start, onEvent, tasks);
     }
   } finally {
     writer.close();
@@ -121,8 +123,8 @@ export async function train(spec: RunSpec, opts: { runDir?: string; resume?: str
 }
 
 /** All N ranks as virtual ranks in this thread. */
-export async function runVirtualHost(cfg: ResolvedConfig, trainCfg: TrainConfig, be: Backend, data: HostData, start: StartState, onEvent: (e: HostEvent) => void): Promise<void> {
+export async function runVirtualHost(cfg: ResolvedConfig, trainCfg: TrainConfig, be: Backend, data: HostData, start: StartState, onEvent: (e: HostEvent) => void, tasks?: TaskSet): Promise<void> {
   const comms = createVirtualGroup(cfg.parallel.tp);
   const ranks = createRankStates(cfg, trainCfg, be, comms, start);
-  await runHost({ ranks, train: trainCfg, data: makeBatchSource(data.train, trainCfg), val: makeValBatches(data.val, trainCfg), start, emit: onEvent });
+  await runHost({ ranks, train: trainCfg, data: makeBatchSource(data.train, trainCfg), val: makeValBatches(data.val, trainCfg), start, emit: onEvent, ...(tasks ? { tasks } : {}) });
 }

@@ -11,7 +11,7 @@ const input = member.workerData;
 const be = selectBackend(input.backend, { quiet: true });
 
 if (input.mode === 'train') {
-  const { cfg, train, data, start } = input;
+  const { cfg, train, data, start, tasks } = input;
   await member.run(async (comm) => {
     const ranks = createRankStates(cfg, train, be, [comm], start);
     await runHost({
@@ -21,6 +21,7 @@ if (input.mode === 'train') {
       val: makeValBatches(data.val, train),
       start,
       emit: (e) => member.post(e),
+      ...(tasks ? { tasks } : {}),
     });
     return null;
   });
