@@ -64,7 +64,8 @@ parallelOptions(
     .option('--temperature <x>', 'sampling temperature (0 = greedy)', '0.8')
     .option('--top-k <n>', 'keep the k most likely tokens (0 = all)', '40')
     .option('--top-p <x>', 'nucleus sampling mass', '0.95')
-    .option('--seed <n>', 'sampling seed', '0'),
+    .option('--seed <n>', 'sampling seed', '0')
+    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)'),
 ).action(async (opts) => runCli(async () => (await import('./infer.js')).generateCommand(opts)));
 
 parallelOptions(
