@@ -37,7 +37,7 @@ export type FinishReason = 'stop' | 'length';
 
 export type SeqEvent =
   | { type: 'token'; token: number; text: string; logprob: TokenLogprob | null }
-  | { type: 'done'; finishReason: FinishReason; text: string; tokens: number[]; promptLogprobs: (TokenLogprob | null)[] | null; promptTokens: number }
+  | { type: 'done'; finishReason: FinishReason; text: string; tokens: number[]; promptLogprobs: (TokenLogprob | null)[] | null; promptTokens: number; queueMs: number }
   | { type: 'error'; error: Error };
 
 export class QueueFullError extends Error {}
@@ -316,6 +316,6 @@ export class Engine {
       s.emitted = s.text.length;
     }
     this.finish(s);
-    s.sink({ type: 'done', finishReason: reason, text: s.text, tokens: s.out, promptLogprobs: s.promptLogprobs, promptTokens: s.prompt.length });
+    s.sink({ type: 'done', finishReason: reason, text: s.text, tokens: s.out, promptLogprobs: s.promptLogprobs, promptTokens: s.prompt.length, queueMs: (s.admitted ?? s.arrival) - s.arrival });
   }
 }
