@@ -113,8 +113,8 @@ export async function serveCommand(f: ServeFlags): Promise<void> {
       setTimeout(() => {
         void srv.close();
         reject(new Error(`the job failed: ${e.message}`));
-      }, 500).unref();
-      setTimeout(() => process.exit(1), 5000).unref();
+      }, 2000).unref();
+      setTimeout(() => process.exit(1), 8000).unref();
     });
     let stopping = false;
     const stop = (sig: string): void => {
