@@ -6,13 +6,16 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { selectBackend } from '../backend/index.js';
-import { StreamDecoder, type Tokenizer } from '../data/tokenizer.js';
+import type { Tokenizer } from '../data/tokenizer.js';
 import { loadTokenizer } from '../data/tokenizers.js';
 import { loadCheckpoint } from '../io/checkpoint.js';
 import type { ResolvedConfig } from '../model/config.js';
 import { VirtualModel } from '../model/harness.js';
 import { processModel, processMode, quietUnlessRankZero } from '../train/process-host.js';
-import { mulberry32 } from '../util/random.js';
+import { Engine } from '../infer/engine.js';
+import type { SampleOptions } from '../infer/sampler.js';
+import { placeRanks } from '../placement/index.js';
+import { openRunForInference, type PlacementFlags } from '../placement/run.js';
 import { UserError } from './run.js';
 import { num } from './train.js';
 
@@ -46,46 +49,9 @@ export function loadRun(runDir: string, flags: { backend?: string; tp?: string; 
   return { runDir, cfg: ck.cfg, vm, tokenizer, step: ck.state.step };
 }
 
-export interface SampleOptions {
-  temperature: number;
-  topK: number;
-  topP: number;
-}
+export { sample, type SampleOptions } from '../infer/sampler.js';
 
-/** Sample one token id from logits over the first `vocab` entries (padding ids are never chosen). */
-export function sample(logits: ArrayLike<number>, vocab: number, o: SampleOptions, rand: () => number): number {
-  if (o.temperature <= 0) {
-    let best = 0;
-    for (let i = 1; i < vocab; i++) if (logits[i]! > logits[best]!) best = i;
-    return best;
-  }
-  let idx = Array.from({ length: vocab }, (_, i) => i);
-  idx.sort((a, b) => logits[b]! - logits[a]! || a - b);
-  if (o.topK > 0) idx = idx.slice(0, o.topK);
-  const max = logits[idx[0]!]!;
-  let probs = idx.map((i) => Math.exp((logits[i]! - max) / o.temperature));
-  let total = probs.reduce((a, b) => a + b, 0);
-  if (o.topP < 1) {
-    let acc = 0;
-    let keep = 0;
-    while (keep < probs.length) {
-      acc += probs[keep]! / total;
-      keep++;
-      if (acc >= o.topP) break;
-    }
-    idx = idx.slice(0, keep);
-    probs = probs.slice(0, keep);
-    total = probs.reduce((a, b) => a + b, 0);
-  }
-  let u = rand() * total;
-  for (let k = 0; k < idx.length; k++) {
-    u -= probs[k]!;
-    if (u <= 0) return idx[k]!;
-  }
-  return idx[idx.length - 1]!;
-}
-
-export interface GenerateFlags {
+export interface GenerateFlags extends PlacementFlags {
   run: string;
   prompt: string;
   maxTokens: string;
@@ -93,22 +59,17 @@ export interface GenerateFlags {
   topK: string;
   topP: string;
   seed: string;
-  backend?: string;
-  tp?: string;
-  p?: string;
-  privateScale?: string;
-  transport?: string;
-  commTimeout?: string;
 }
 
 export async function generateCommand(f: GenerateFlags): Promise<void> {
-  const run = loadRun(f.run, f);
+  const run = openRunForInference(f.run, f);
+  if (run.idle) return;
   const o: SampleOptions = { temperature: num('temperature', f.temperature)!, topK: num('top-k', f.topK)!, topP: num('top-p', f.topP)! };
   if (o.temperature < 0) throw new UserError('--temperature must be ≥ 0');
   if (!(o.topP > 0 && o.topP <= 1)) throw new UserError('--top-p must be in (0, 1]');
   if (!Number.isInteger(o.topK) || o.topK < 0) throw new UserError('--top-k must be a non-negative integer (0: no limit)');
   const maxTokens = num('max-tokens', f.maxTokens)!;
-  const rand = mulberry32(num('seed', f.seed)!); // same seed on every rank: all pick the same token
+  const seed = num('seed', f.seed)!;
   const tok = run.tokenizer;
   let ids = tok.encode(f.prompt);
   if (ids.length === 0) {
@@ -118,21 +79,36 @@ export async function generateCommand(f: GenerateFlags): Promise<void> {
   const maxLen = run.cfg.model.seqLen;
   if (ids.length >= maxLen) ids = ids.slice(ids.length - (maxLen - 1));
   const budget = Math.min(maxTokens, maxLen - ids.length);
+  const host = placeRanks({
+    cfg: run.cfg,
+    params: run.params,
+    backend: f.backend,
+    workers: run.workers,
+    launched: run.launched,
+    slots: 1,
+    maxLen,
+    config: { command: 'generate', run: f.run, step: run.step, prompt: f.prompt, maxTokens, seed, ...o },
+  });
+  if (!host.lead) return host.follow();
   process.stdout.write(f.prompt);
-  const dec = new StreamDecoder(tok);
-  const caches = run.vm.ranks.map((m) => m.createCache(1, maxLen));
-  let next = Int32Array.from(ids);
+  const engine = new Engine({ host, tokenizer: tok, vocab: tok.vocabSize, maxBatchTokens: maxLen, maxWaiting: 1 });
   const t0 = performance.now();
   let produced = 0;
-  for (let i = 0; i < budget; i++) {
-    const logits = await run.vm.all((m, r) => m.forwardIncremental(next, next.length, caches[r]!));
-    const id = sample(logits[0]!, tok.vocabSize, o, rand);
-    if (id === tok.eotId) break;
-    process.stdout.write(dec.push(id));
-    produced++;
-    next = Int32Array.of(id);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      engine.add(ids, { ...o, seed, presencePenalty: 0, frequencyPenalty: 0, maxTokens: budget, stop: [], ignoreEos: false, logprobs: null, echo: false }, (e) => {
+        if (e.type === 'token') {
+          if (e.token >= 0) produced++;
+          process.stdout.write(e.text);
+        } else if (e.type === 'done') resolve();
+        else reject(e.error);
+      });
+    });
+  } finally {
+    await engine.stop();
+    await host.close();
   }
-  process.stdout.write(`${dec.flush()}\n`);
+  process.stdout.write('\n');
   const secs = (performance.now() - t0) / 1000;
-  process.stderr.write(`generated ${produced} tokens in ${secs.toFixed(2)} s (${(produced / secs).toFixed(1)} tok/s, TP ${run.cfg.parallel.tp}, p ${run.cfg.parallel.p})\n`);
+  process.stderr.write(`generated ${produced} tokens in ${secs.toFixed(2)} s (${(produced / secs).toFixed(1)} tok/s, TP ${run.cfg.parallel.tp}, p ${run.cfg.parallel.p}, ${host.placement})\n`);
 }

@@ -65,7 +65,8 @@ parallelOptions(
     .option('--temperature <x>', 'sampling temperature (0 = greedy)', '0.8')
     .option('--top-k <n>', 'keep the k most likely tokens (0 = all)', '40')
     .option('--top-p <x>', 'nucleus sampling mass', '0.95')
-    .option('--seed <n>', 'sampling seed', '0'),
+    .option('--seed <n>', 'sampling seed', '0')
+    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)'),
 ).action(async (opts) => runCli(async () => (await import('./infer.js')).generateCommand(opts)));
 
 parallelOptions(
@@ -87,6 +88,30 @@ parallelOptions(
     .option('--proxy-seed <n>', 'seed of the proxy tasks (default 1234)')
     .option('--bootstrap-iters <n>', 'bootstrap resamples for the perplexity stderr (default 100000)'),
 ).action(async (opts) => runCli(async () => (await import('./eval.js')).evalCommand(opts)));
+
+parallelOptions(
+  program
+    .command('serve')
+    .description('OpenAI-compatible HTTP server (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics) with continuous batching')
+    .requiredOption('--run <dir>', 'run folder')
+    .option('--host <addr>', 'address to listen on', '127.0.0.1')
+    .option('--port <n>', 'port (0: a free one, printed at start)', '8000')
+    .option('--model-name <name>', 'model id in the API (default: the run folder\'s name)')
+    .option('--api-key <keys>', 'require one of these comma-separated keys as Authorization: Bearer (on /v1/*)')
+    .option('--api-key-file <file>', 'keys, one per line')
+    .option('--cors <origin>', 'send Access-Control-Allow-Origin: <origin> (e.g. "*")')
+    .option('--chat-template <t>', 'chatml, llama3 or a JSON template file (without one, chat requests get a 400)')
+    .option('--max-num-seqs <n>', 'sequences decoded at once (KV cache slots)', '32')
+    .option('--max-batch-tokens <n>', 'tokens per engine step (decodes + prefill chunks)', '512')
+    .option('--max-waiting <n>', 'sequences queued for a slot before requests get 429', '256')
+    .option('--max-body-bytes <n>', 'largest request body (413 beyond)', '4194304')
+    .option('--max-tokens <n>', 'ceiling on max_tokens (default: the context length)')
+    .option('--shutdown-timeout <s>', 'on SIGTERM, wait this long for requests in flight', '30')
+    .option('--stuck-timeout <s>', '/health turns 503 when the engine has work but no step for this long', '30')
+    .option('--log-requests', 'one JSON line per request on standard error', true)
+    .option('--no-log-requests', 'no request log')
+    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)'),
+).action(async (opts) => runCli(async () => (await import('./serve.js')).serveCommand(opts)));
 
 program
   .command('gradcheck')

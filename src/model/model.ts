@@ -136,6 +136,18 @@ export interface KVCache {
   scratch: Map<number, Record<string, FloatArray>>;
 }
 
+/** One sequence of a forwardBatch step. */
+export interface BatchSeq {
+  /** Cache slot (batch row of the KV cache). */
+  slot: number;
+  /** Position of the first new token (tokens already in this slot's cache). */
+  pos: number;
+  /** New tokens this step. */
+  n: number;
+  /** Return the logits of every new row (prompt logprobs), not only the last. */
+  allLogits: boolean;
+}
+
 export class RankModel {
   readonly specs: ParamSpec[];
   readonly params: ParamSet;
@@ -498,6 +510,117 @@ export class RankModel {
     const greedy = new Uint8Array(BT);
     for (let i = 0; i < BT; i++) greedy[i] = idx[i] === targets[i] ? 1 : 0;
     return { logp, greedy };
+  }
+
+  // -------------------------------------------------------------------------------------------------
+  // Batched incremental forward (the inference engine's step; src/infer/)
+  // -------------------------------------------------------------------------------------------------
+
+  /**
+   * One step of many sequences of different lengths in one forward: sequence i appends its `n` new
+   * tokens (a prefill chunk, or 1 when decoding) at positions pos … pos+n−1 of cache slot `slot`
+   * (createCache(slots, maxLen): slot b is batch row b), reading the keys of positions 0 … pos+n−1.
+   * `tokens` holds every sequence's new tokens one after another (R = Σ n rows). Every GEMM and both
+   * partial all-reduces of each block run once over all R rows; rotary embedding and attention run per
+   * sequence. Returns the logits, gathered over the vocab-parallel ranks ([rows, V], identical on every
+   * rank), of each sequence's last new row, or of all its new rows when `allLogits` is set, in order.
+   */
+  async forwardBatch(tokens: Int32Array, seqs: readonly BatchSeq[], cache: KVCache): Promise<FloatArray> {
+    const { be, comm, cfg, w } = this;
+    const R = tokens.length;
+    const { h, HD, NHl, NKVl, qd, kvd, F, Vl, s, c, eps } = this.dims;
+    const maxLen = cache.maxLen;
+    let rows = 0;
+    let outRows = 0;
+    let maxN = 0;
+    for (const q of seqs) {
+      if (!(Number.isInteger(q.slot) && q.slot >= 0 && q.slot < cache.B)) throw new Error(`forwardBatch: slot ${q.slot} outside the cache's ${cache.B} slots`);
+      if (!(q.n >= 1 && q.pos >= 0 && q.pos + q.n <= maxLen)) throw new Error(`forwardBatch: positions ${q.pos}…${q.pos + q.n - 1} outside the cache length ${maxLen}`);
+      rows += q.n;
+      outRows += q.allLogits ? q.n : 1;
+      maxN = Math.max(maxN, q.n);
+    }
+    if (rows !== R) throw new Error(`forwardBatch: ${R} tokens for sequences of ${rows} new tokens`);
+    const sc = this.batchScratch(cache, R, maxN, outRows);
+    const { x, xn, rstd, q, kn, vn, ao, o, pack, gate, up, sw, att } = sc;
+    be.embeddingForward(x, w.embed, tokens, R, h, this.vocabStart, Vl);
+    await embeddingReduce(comm, x, R * h, TAGS.embedFwd);
+    for (let l = 0; l < cfg.model.layers; l++) {
+      const lw = w.layers[l]!;
+      const K = cache.k[l]!;
+      const V = cache.v[l]!;
+      be.rmsnormForward(xn, rstd, x, lw.ln1, R, h, eps);
+      be.gemm(false, true, R, qd, h, 1, xn, 0, h, lw.wq, 0, h, 0, q, 0, qd);
+      be.gemm(false, true, R, kvd, h, 1, xn, 0, h, lw.wk, 0, h, 0, kn, 0, kvd);
+      be.gemm(false, true, R, kvd, h, 1, xn, 0, h, lw.wv, 0, h, 0, vn, 0, kvd);
+      let r0 = 0;
+      for (const sq of seqs) {
+        be.ropeForward(q.subarray(r0 * qd), this.cos, this.sin, 1, sq.n, NHl, HD, sq.pos);
+        be.ropeForward(kn.subarray(r0 * kvd), this.cos, this.sin, 1, sq.n, NKVl, HD, sq.pos);
+        const at = (sq.slot * maxLen + sq.pos) * kvd;
+        K.set(kn.subarray(r0 * kvd, (r0 + sq.n) * kvd), at);
+        V.set(vn.subarray(r0 * kvd, (r0 + sq.n) * kvd), at);
+        const base = sq.slot * maxLen * kvd;
+        be.attentionForward(ao.subarray(r0 * qd), att, q.subarray(r0 * qd), K.subarray(base), V.subarray(base), 1, sq.n, sq.pos + sq.n, NHl, NKVl, HD, maxLen * kvd);
+        r0 += sq.n;
+      }
+      be.gemm(false, true, R, h, qd, 1, ao, 0, qd, lw.wo, 0, qd, 0, o, 0, h);
+      await partialAllReduce(comm, be, o, R, h, s, c, pack, TAGS.attnFwd);
+      be.add(x, x, o, R * h);
+      be.rmsnormForward(xn, rstd, x, lw.ln2, R, h, eps);
+      be.gemm(false, true, R, F, h, 1, xn, 0, h, lw.wgate, 0, h, 0, gate, 0, F);
+      be.gemm(false, true, R, F, h, 1, xn, 0, h, lw.wup, 0, h, 0, up, 0, F);
+      be.swigluForward(sw, gate, up, R * F);
+      be.gemm(false, true, R, h, F, 1, sw, 0, F, lw.wdown, 0, F, 0, o, 0, h);
+      await partialAllReduce(comm, be, o, R, h, s, c, pack, TAGS.mlpFwd);
+      be.add(x, x, o, R * h);
+    }
+    const { last, lastN, local, gathered, out } = sc;
+    let r0 = 0;
+    let k = 0;
+    for (const sq of seqs) {
+      const from = sq.allLogits ? r0 : r0 + sq.n - 1;
+      const cnt = sq.allLogits ? sq.n : 1;
+      last.set(x.subarray(from * h, (from + cnt) * h), k * h);
+      k += cnt;
+      r0 += sq.n;
+    }
+    be.rmsnormForward(lastN, rstd, last, w.norm, outRows, h, eps);
+    be.gemm(false, true, outRows, Vl, h, 1, lastN, 0, h, w.lmHead, 0, h, 0, local, 0, Vl);
+    if (this.N === 1) return local.subarray(0, outRows * Vl);
+    await comm.allGather(gathered, local, 'gen.logits', outRows * Vl);
+    const n = outRows * Vl;
+    for (let r = 0; r < this.N; r++) {
+      for (let b = 0; b < outRows; b++) out.set(gathered.subarray(r * n + b * Vl, r * n + (b + 1) * Vl), b * cfg.vocab + r * Vl);
+    }
+    return out.subarray(0, outRows * cfg.vocab);
+  }
+
+  private readonly batchCaps = new WeakMap<Record<string, FloatArray>, [number, number, number]>();
+
+  /** forwardBatch's work buffers, kept on the cache and grown to the next power of two when a step needs more. */
+  private batchScratch(cache: KVCache, R: number, maxN: number, outRows: number): Record<string, FloatArray> {
+    const key = -1;
+    let sc = cache.scratch.get(key);
+    const [cap, capN, capOut] = (sc && this.batchCaps.get(sc)) ?? [0, 0, 0];
+    if (!sc || R > cap || maxN > capN || outRows > capOut) {
+      if (sc) for (const b of Object.values(sc)) this.be.release(b);
+      const up2 = (n: number, have: number) => Math.max(have, 2 ** Math.ceil(Math.log2(Math.max(1, n))));
+      const Rc = up2(R, cap);
+      const Nc = Math.min(cache.maxLen, up2(maxN, capN));
+      const Oc = up2(outRows, capOut);
+      const { h, qd, kvd, F, Vl, NHl } = this.dims;
+      const a = (n: number) => this.be.alloc(n);
+      sc = {
+        x: a(Rc * h), xn: a(Rc * h), rstd: a(Math.max(Rc, Oc)), q: a(Rc * qd), kn: a(Rc * kvd), vn: a(Rc * kvd),
+        ao: a(Rc * qd), o: a(Rc * h), pack: a(Rc * h), gate: a(Rc * F), up: a(Rc * F), sw: a(Rc * F),
+        att: a(NHl * Nc * cache.maxLen),
+        last: a(Oc * h), lastN: a(Oc * h), local: a(Oc * Vl), gathered: a(this.N * Oc * Vl), out: a(Oc * this.cfg.vocab),
+      };
+      cache.scratch.set(key, sc);
+      this.batchCaps.set(sc, [Rc, Nc, Oc]);
+    }
+    return sc;
   }
 
   /** This rank's logits [B·T, V/N] (vocab block r) from the last training forward. */

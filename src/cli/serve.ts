@@ -1,0 +1,136 @@
+/**
+ * `caat serve --run DIR`: the OpenAI-compatible server (src/infer/server.ts) on the engine
+ * (src/infer/engine.ts), with the run's ranks on any placement (src/placement). Under a launcher the
+ * process hosting rank 0 serves HTTP and the others follow its step plans. SIGTERM/SIGINT: refuse new
+ * requests, drain the ones in flight up to --shutdown-timeout, then exit 0. A rank that fails ends the
+ * requests in flight with an error, turns /health to 503 and makes every process exit non-zero.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { chatTemplate, type ChatTemplate } from '../infer/chat.js';
+import { Engine } from '../infer/engine.js';
+import { InferenceServer } from '../infer/server.js';
+import { placeRanks } from '../placement/index.js';
+import { openRunForInference, type PlacementFlags } from '../placement/run.js';
+import { UserError } from './run.js';
+import { num } from './train.js';
+
+export interface ServeFlags extends PlacementFlags {
+  run: string;
+  host: string;
+  port: string;
+  modelName?: string;
+  apiKey?: string;
+  apiKeyFile?: string;
+  cors?: string;
+  chatTemplate?: string;
+  maxNumSeqs: string;
+  maxBatchTokens: string;
+  maxWaiting: string;
+  maxBodyBytes: string;
+  maxTokens?: string;
+  shutdownTimeout: string;
+  stuckTimeout: string;
+  logRequests: boolean;
+}
+
+const positive = (name: string, v: string | undefined): number => {
+  const x = num(name, v)!;
+  if (!Number.isInteger(x) || x < 1) throw new UserError(`--${name} must be a positive integer, got ${v}`);
+  return x;
+};
+
+export async function serveCommand(f: ServeFlags): Promise<void> {
+  const run = openRunForInference(f.run, f);
+  if (run.idle) return;
+  const maxLen = run.cfg.model.seqLen;
+  const slots = positive('max-num-seqs', f.maxNumSeqs);
+  const maxBatchTokens = positive('max-batch-tokens', f.maxBatchTokens);
+  const port = num('port', f.port)!;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UserError(`--port must be 0…65535, got ${f.port}`);
+  let keys: string[] = [];
+  if (f.apiKey) keys = f.apiKey.split(',').map((k) => k.trim()).filter(Boolean);
+  if (f.apiKeyFile) keys.push(...fs.readFileSync(f.apiKeyFile, 'utf8').split('\n').map((k) => k.trim()).filter(Boolean));
+  let template: ChatTemplate | null = null;
+  if (f.chatTemplate) {
+    try {
+      template = chatTemplate(f.chatTemplate);
+    } catch (e) {
+      throw new UserError((e as Error).message);
+    }
+  }
+  const host = placeRanks({
+    cfg: run.cfg,
+    params: run.params,
+    backend: f.backend,
+    workers: run.workers,
+    launched: run.launched,
+    slots,
+    maxLen,
+    config: { command: 'serve', run: path.resolve(f.run), step: run.step, slots },
+  });
+  if (!host.lead) {
+    try {
+      await host.follow();
+    } catch (e) {
+      process.exitCode = 1;
+      setTimeout(() => process.exit(1), 2000).unref();
+      throw e;
+    }
+    return;
+  }
+  const model = f.modelName ?? path.basename(path.resolve(f.run));
+  let server: InferenceServer | null = null;
+  const engine = new Engine({
+    host,
+    tokenizer: run.tokenizer,
+    vocab: run.tokenizer.vocabSize,
+    maxBatchTokens,
+    maxWaiting: positive('max-waiting', f.maxWaiting),
+    onStep: (s) => server?.onStep(s),
+  });
+  server = new InferenceServer({
+    engine,
+    tokenizer: run.tokenizer,
+    model,
+    apiKeys: keys,
+    cors: f.cors ?? null,
+    maxBodyBytes: positive('max-body-bytes', f.maxBodyBytes),
+    maxTokensLimit: f.maxTokens === undefined ? maxLen : positive('max-tokens', f.maxTokens),
+    maxPrompts: 256,
+    maxN: 16,
+    chatTemplate: template,
+    stuckMs: positive('stuck-timeout', f.stuckTimeout) * 1000,
+    log: f.logRequests ? (l) => process.stderr.write(`${l}\n`) : () => {},
+  });
+  const bound = await server.listen(port, f.host);
+  process.stderr.write(`caat serve: ${model} (TP ${run.cfg.parallel.tp}, p ${run.cfg.parallel.p}, ${host.placement}, ${slots} slots × ${maxLen} tokens) on http://${f.host}:${bound}/v1\n`);
+  const srv = server;
+  await new Promise<void>((resolve, reject) => {
+    host.onFailure((e) => {
+      process.stderr.write(`caat: error: ${e.message}\n`);
+      // Let the failed requests' responses go out, then stop.
+      setTimeout(() => {
+        void srv.close();
+        reject(new Error(`the job failed: ${e.message}`));
+      }, 2000).unref();
+      setTimeout(() => process.exit(1), 8000).unref();
+    });
+    let stopping = false;
+    const stop = (sig: string): void => {
+      if (stopping) return;
+      stopping = true;
+      const ms = Number(f.shutdownTimeout) * 1000;
+      process.stderr.write(`caat serve: ${sig}: draining requests in flight (up to ${f.shutdownTimeout} s)\n`);
+      void srv.drain(ms).then(async (clean) => {
+        if (!clean) process.stderr.write('caat serve: shutdown timeout: aborting the requests still in flight\n');
+        await engine.stop();
+        await srv.close();
+        await host.close();
+        resolve();
+      });
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+}
