@@ -11,7 +11,7 @@
  * the cost model's prediction.
  */
 import * as fs from 'node:fs';
-import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
 import { readMetrics, readResults, type ResultRow, type TaskMetric } from './results.js';
 
@@ -331,9 +331,20 @@ const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;'
 /** Inline script text: nothing in it may close the script element. */
 const inline = (js: string): string => js.replace(/<\/script/gi, '<\\/script').replace(/<!--/g, '<\\!--');
 
+/** The folder of an installed package: the nearest node_modules/<pkg> above this module. */
+function packageDir(pkg: string): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const cand = path.join(dir, 'node_modules', pkg);
+    if (fs.existsSync(path.join(cand, 'package.json'))) return cand;
+    const up = path.dirname(dir);
+    if (up === dir) throw new Error(`the ${pkg} package is not installed (npm ci installs it)`);
+    dir = up;
+  }
+}
+
 function libraries(): string {
-  const require = createRequire(import.meta.url);
-  const file = (pkg: string, rel: string) => fs.readFileSync(path.join(path.dirname(require.resolve(`${pkg}/package.json`)), rel), 'utf8');
+  const file = (pkg: string, rel: string) => fs.readFileSync(path.join(packageDir(pkg), rel), 'utf8');
   return [file('vega', 'build/vega.min.js'), file('vega-lite', 'build/vega-lite.min.js'), file('vega-embed', 'build/vega-embed.min.js')].map((js) => `<script>${inline(js)}</script>`).join('\n');
 }
 
