@@ -176,6 +176,7 @@ export function parseSweepSpec(raw: unknown, where: string): SweepSpec {
   const base: Record<string, SweepValue> = {};
   for (const [k0, v] of Object.entries(f.base ?? {})) {
     const k = k0 === 'model' ? 'model' : canonicalName(k0);
+    if (k !== 'model' && !SETTINGS[k]) fail(where, `base.${k0}`, `unknown setting "${k0}" (known: ${[...Object.keys(SETTINGS), 'model'].join(', ')})`);
     base[k] = checkValue(where, `base.${k0}`, k, v);
   }
   const entries = Object.entries(f.grid);
@@ -184,6 +185,7 @@ export function parseSweepSpec(raw: unknown, where: string): SweepSpec {
   const seen = new Set<string>();
   for (const [k0, vals] of entries) {
     const k = k0 === 'model' ? 'model' : canonicalName(k0);
+    if (k !== 'model' && !SETTINGS[k]) fail(where, `grid.${k0}`, `unknown setting "${k0}" (known: ${[...Object.keys(SETTINGS), 'model'].join(', ')})`);
     if (seen.has(k)) fail(where, `grid.${k0}`, `setting "${k}" appears twice in the grid`);
     seen.add(k);
     if (vals.length === 0) fail(where, `grid.${k0}`, 'empty list of values: the grid would have no cells');
