@@ -205,8 +205,11 @@ describe('bad sweep files are refused before any cell starts, naming the field',
   });
 
   test('a sweep folder made with other settings is refused', () => {
-    const out = path.join(tmp, 'ref');
-    const f = writeJson('changed.json', { ...(JSON.parse(fs.readFileSync(sweepFile, 'utf8')) as object), base: { ...(JSON.parse(fs.readFileSync(sweepFile, 'utf8')) as { base: object }).base, lr: 0.001 } });
+    // a folder whose first cell was made from another train config
+    const out = path.join(tmp, 'other');
+    fs.mkdirSync(path.join(out, 'state', 'tp2-p1-seed1'), { recursive: true });
+    fs.writeFileSync(path.join(out, 'state', 'tp2-p1-seed1', 'config.json'), '{"model": {"hidden": 32}}');
+    const f = sweepFile;
     const r = run(['sweep', '--config', f, '--out', out]);
     assert.equal(r.status, 1);
     assert.match(r.stderr, /cell tp2-p1-seed1 was made with other settings/);
