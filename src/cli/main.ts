@@ -136,6 +136,29 @@ program
   .allowUnknownOption()
   .action(async (args: string[], opts) => runCli(async () => (await import('./launch.js')).launchCommand(args, opts)));
 
+const collect = (v: string, prev: string[] = []): string[] => [...prev, v];
+program
+  .command('sweep')
+  .description('train and evaluate every cell of a grid of run settings (p, tp, seed, model size, …); results.jsonl')
+  .option('--config <file>', 'sweep file: {"base": {...}, "grid": {"tp": [4, 8], "p": [1, 0.5], "seed": [1, 2, 3]}, ...}')
+  .option('--out <dir>', 'sweep folder (default: sweeps/<config name>)')
+  .option('--grid <setting=v1,v2>', 'vary a setting over values (repeatable; overrides the file)', collect)
+  .option('--set <setting=value>', 'fix a setting for every cell (repeatable; overrides the file)', collect)
+  .option('--cores <n>', 'cores to use (default: all)')
+  .option('--jobs <n>', 'at most this many cells side by side (default: the cores)')
+  .option('--eval-tasks <list>', 'comma-separated zero-shot tasks for caat eval --tasks')
+  .option('--dry-run', 'list the cells and their train configs, run nothing')
+  .action(async (opts) => runCli(async () => (await import('./sweep.js')).sweepCommand(opts)));
+
+program
+  .command('report')
+  .description('one self-contained HTML report with plots (and a markdown summary) of sweep folders or run folders')
+  .argument('<dirs...>', 'sweep folders (with results.jsonl) or run folders')
+  .option('--out <file>', 'HTML file to write (default: report.html in the first folder)')
+  .option('--bench <file>', 'caat bench link --json output to plot (default: bench-link.jsonl in a sweep folder)')
+  .option('--title <text>', 'title of the report')
+  .action(async (dirs: string[], opts) => runCli(async () => (await import('./report.js')).reportCommand(dirs, opts)));
+
 const bench = program.command('bench').description('benchmarks (machine-readable with --json)');
 bench
   .command('kernels')
