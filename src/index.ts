@@ -8,7 +8,7 @@ export { configFromMetadata, configToMetadata } from './model/metadata.js';
 export type { Communicator, CommStats, ReduceOp } from './tp/comm.js';
 export { CommAbortedError } from './tp/comm.js';
 export { createVirtualGroup } from './tp/virtual.js';
-export { launchThreadGroup, joinThreadGroup } from './tp/threads.js';
+export { launchThreadGroup, joinThreadGroup } from './transport/threads.js';
 export * as ops from './tp/ops.js';
 export { readSafetensors, writeSafetensors, parseSafetensors, serializeSafetensors } from './io/safetensors.js';
 export { loadCheckpoint, loadModelFile, writeCheckpoint } from './io/checkpoint.js';

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import type { Worker } from 'node:worker_threads';
-import { benchAllReduce } from '../src/tp/bench-comm.js';
+import { benchAllReduce } from '../src/transport/bench-comm.js';
 import { CommAbortedError, type Communicator } from '../src/tp/comm.js';
-import { launchThreadGroup } from '../src/tp/threads.js';
-import { CommMismatchError } from '../src/tp/transport-common.js';
+import { launchThreadGroup } from '../src/transport/threads.js';
+import { CommMismatchError } from '../src/transport/transport-common.js';
 import { createVirtualGroup } from '../src/tp/virtual.js';
 import { fillTricky, type MixedResult, mixedSequence, mulberry32, type ScenarioData } from './helpers/comm-worker.js';
 import { assertBitwise, runRanks, values } from './helpers/ranks.js';

@@ -1,5 +1,5 @@
 /**
- * The MPI transport (src/tp/mpi.ts, mpi/): transport selection without MPI, then 2 and 4 ranks under
+ * The MPI transport (src/transport/mpi.ts, mpi/): transport selection without MPI, then 2 and 4 ranks under
  * mpirun compared bit for bit with the virtual transport, mismatch detection, a failing rank ending
  * the job with "rank K failed: …", and the event loop staying live during a large collective.
  *
@@ -13,8 +13,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { createMpiCommunicator, DEFAULT_MPI_SEGMENT_BYTES, DEFAULT_MPI_SYNC_BYTES, detectMpiLauncher, findMpirun, loadMpiAddon, type MpiAddon, type MpiLoader, mpiAvailable, segmentBytesFrom, syncBytesFrom } from '../src/tp/mpi.js';
-import { chooseTransport, detectLauncher } from '../src/tp/transport-select.js';
+import { createMpiCommunicator, DEFAULT_MPI_SEGMENT_BYTES, DEFAULT_MPI_SYNC_BYTES, detectMpiLauncher, findMpirun, loadMpiAddon, type MpiAddon, type MpiLoader, mpiAvailable, segmentBytesFrom, syncBytesFrom } from '../src/transport/mpi.js';
+import { chooseTransport, detectLauncher } from '../src/transport/transport-select.js';
 import { createVirtualGroup } from '../src/tp/virtual.js';
 import { repoRoot } from './helpers/paths.js';
 import { BIG_N, bigInput, fullSequence, type SequenceResult } from './helpers/mpi-sequence.js';

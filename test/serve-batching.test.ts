@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
-import { findMpirun, loadMpiAddon } from '../src/tp/mpi.js';
+import { findMpirun, loadMpiAddon } from '../src/transport/mpi.js';
 import { cli, serveArgs, startServer, tempDir, tinyRun, type ServerProc } from './helpers/serve.js';
 
 let tmp: string;

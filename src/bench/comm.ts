@@ -1,9 +1,9 @@
 /**
  * `caat bench comm`: float32 sum all-reduce between 2 ranks on every available transport, side by side.
  *
- *   threads  2 worker threads of this process over SharedArrayBuffer (src/tp/bench-comm.ts)
- *   tcp      2 processes over loopback TCP (src/tp/tcp.ts, joined by src/tp/rendezvous.ts)
- *   mpi      2 processes under mpirun (src/tp/mpi.ts; Open MPI's shared-memory transport on one host)
+ *   threads  2 worker threads of this process over SharedArrayBuffer (src/transport/bench-comm.ts)
+ *   tcp      2 processes over loopback TCP (src/transport/tcp.ts, joined by src/transport/rendezvous.ts)
+ *   mpi      2 processes under mpirun (src/transport/mpi.ts; Open MPI's shared-memory transport on one host)
  *
  * Sizes: 4 KiB (latency), 1 MiB and 16 MiB (bandwidth). Every measurement: a few untimed all-reduces,
  * then `repeats` timed ones, each after a barrier; a repetition's time is the slowest rank's, and the
@@ -23,8 +23,8 @@ import { realpathSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import type { Communicator } from '../tp/comm.js';
-import { benchAllReduce, median } from '../tp/bench-comm.js';
-import { createMpiCommunicator, findMpirun, loadMpiAddon } from '../tp/mpi.js';
+import { benchAllReduce, median } from '../transport/bench-comm.js';
+import { createMpiCommunicator, findMpirun, loadMpiAddon } from '../transport/mpi.js';
 import { describeMachine, formatMachine } from './machine.js';
 
 export type CommBenchTransport = 'threads' | 'tcp' | 'mpi';
@@ -122,7 +122,7 @@ async function workerMain(argv: string[]): Promise<void> {
   }
   if (kind === 'tcp') {
     const env = process.env;
-    const mod = (await import(new URL('../tp/rendezvous.js', import.meta.url).href)) as { rendezvous: (o: unknown) => Promise<Communicator & { close(): Promise<void> }> };
+    const mod = (await import(new URL('../transport/rendezvous.js', import.meta.url).href)) as { rendezvous: (o: unknown) => Promise<Communicator & { close(): Promise<void> }> };
     const comm = await mod.rendezvous({
       rank: Number(env['RANK']),
       size: Number(env['WORLD_SIZE']),
@@ -209,8 +209,8 @@ function workerArgs(kind: 'tcp' | 'mpi', sizes: readonly number[], repeats: read
 /** Whether the tcp transport is present (its module loads), or why not. */
 async function tcpStatus(): Promise<{ ok: true } | { ok: false; reason: string }> {
   try {
-    const mod = (await import(new URL('../tp/rendezvous.js', import.meta.url).href)) as Record<string, unknown>;
-    if (typeof mod['rendezvous'] !== 'function') return { ok: false, reason: 'src/tp/rendezvous.ts exports no rendezvous()' };
+    const mod = (await import(new URL('../transport/rendezvous.js', import.meta.url).href)) as Record<string, unknown>;
+    if (typeof mod['rendezvous'] !== 'function') return { ok: false, reason: 'src/transport/rendezvous.ts exports no rendezvous()' };
     return { ok: true };
   } catch (e) {
     return { ok: false, reason: `the tcp transport is not available (${(e as Error).message.split('\n')[0]})` };

@@ -50,8 +50,8 @@ import { RankModel } from '../model/model.js';
 import { parseTrainConfig } from '../train/config.js';
 import { createRankStates, rankTrainStep, type Batch } from '../train/loop.js';
 import type { Communicator } from '../tp/comm.js';
-import { findMpirun, joinMpiGroup, loadMpiAddon } from '../tp/mpi.js';
-import { rendezvous } from '../tp/rendezvous.js';
+import { findMpirun, joinMpiGroup, loadMpiAddon } from '../transport/mpi.js';
+import { rendezvous } from '../transport/rendezvous.js';
 import { describeMachine, formatMachine } from './machine.js';
 import { BENCH_CONFIGS } from './train.js';
 

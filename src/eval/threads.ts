@@ -5,7 +5,7 @@
  */
 import type { BackendName } from '../backend/types.js';
 import type { ResolvedConfig } from '../model/config.js';
-import { launchThreadGroup } from '../tp/threads.js';
+import { launchThreadGroup } from '../transport/threads.js';
 import type { TokenRequest } from './requests.js';
 import type { Scores } from './scorer.js';
 

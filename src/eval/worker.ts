@@ -1,7 +1,7 @@
 /** Worker-thread entry of the scorer: hosts this worker's share of the TP ranks (see threads.ts). */
 import { selectBackend } from '../backend/index.js';
 import { RankModel } from '../model/model.js';
-import { joinThreadGroup } from '../tp/threads.js';
+import { joinThreadGroup } from '../transport/threads.js';
 import { scoreRequests } from './scorer.js';
 import type { EvalWorkerInput } from './threads.js';
 

@@ -22,7 +22,7 @@ import type { ResolvedConfig } from '../model/config.js';
 import { VirtualModel } from '../model/harness.js';
 import { processModel, type ProcessLaunch } from '../train/process-host.js';
 import { runOnRanks, type Communicator } from '../tp/comm.js';
-import { launchThreadGroup } from '../tp/threads.js';
+import { launchThreadGroup } from '../transport/threads.js';
 import { RankExecutor } from './executor.js';
 import { controlPlan, decodePlan, encodePlan, type StepPlan } from './plan.js';
 

@@ -2,7 +2,7 @@
 import { parentPort } from 'node:worker_threads';
 import { selectBackend } from '../backend/index.js';
 import { RankModel } from '../model/model.js';
-import { joinThreadGroup } from '../tp/threads.js';
+import { joinThreadGroup } from '../transport/threads.js';
 import { RankExecutor } from './executor.js';
 import type { ThreadsInput, WorkerReply } from './index.js';
 import { decodePlan, type StepPlan } from './plan.js';

@@ -22,7 +22,7 @@
  */
 import type { FloatArray } from '../backend/types.js';
 import type { Communicator } from './comm.js';
-import { type CollectiveCall, type Executor, LocalRankGroup, reduceRanks } from './transport-common.js';
+import { type CollectiveCall, type Executor, LocalRankGroup, reduceRanks } from '../transport/transport-common.js';
 
 class VirtualExecutor implements Executor {
   private scratch32 = new Float32Array(0);

@@ -36,10 +36,10 @@ import type { VirtualModel } from '../model/harness.js';
 import { RankModel } from '../model/model.js';
 import { paramSpecs, placeShard } from '../model/params.js';
 import { runOnRanks, type CommStats, type Communicator, type ReduceOp } from '../tp/comm.js';
-import { joinMpiGroup } from '../tp/mpi.js';
-import { configDifference, rendezvous } from '../tp/rendezvous.js';
-import type { TcpCommunicator } from '../tp/tcp.js';
-import { chooseTransport } from '../tp/transport-select.js';
+import { joinMpiGroup } from '../transport/mpi.js';
+import { configDifference, rendezvous } from '../transport/rendezvous.js';
+import type { TcpCommunicator } from '../transport/tcp.js';
+import { chooseTransport } from '../transport/transport-select.js';
 import { createRankStates, runHost, type HostEvent, type ShardEvent } from './loop.js';
 import { describeRun, openRun, prepareEvalTasks, prepareRun, RunWriter, writeRunFiles, type RunSpec, type TrainResult } from './run.js';
 import { makeBatchSource, makeValBatches } from './trainer.js';
@@ -49,7 +49,7 @@ export interface ProcessLaunch {
   launch: LaunchInfo;
   /** Collective and rendezvous timeout in milliseconds. */
   timeoutMs: number;
-  /** Collectives through MPI (src/tp/mpi.ts) instead of TCP: an MPI launcher and the MPI addon. */
+  /** Collectives through MPI (src/transport/mpi.ts) instead of TCP: an MPI launcher and the MPI addon. */
   mpi?: boolean;
 }
 

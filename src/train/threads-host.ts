@@ -6,7 +6,7 @@
 import type { BackendName } from '../backend/types.js';
 import type { ResolvedConfig } from '../model/config.js';
 import { paramSpecs, placeShard } from '../model/params.js';
-import { launchThreadGroup } from '../tp/threads.js';
+import { launchThreadGroup } from '../transport/threads.js';
 import type { TaskSet } from '../eval/run.js';
 import type { TrainConfig } from './config.js';
 import type { HostEvent, StartState } from './loop.js';

@@ -1,7 +1,7 @@
 /** Worker-thread entry: hosts this worker's share of the TP ranks (see threads-host.ts). */
 import { selectBackend } from '../backend/index.js';
 import { RankModel } from '../model/model.js';
-import { joinThreadGroup } from '../tp/threads.js';
+import { joinThreadGroup } from '../transport/threads.js';
 import { createRankStates, runHost } from './loop.js';
 import type { WorkerInput } from './threads-host.js';
 import { makeBatchSource, makeValBatches } from './trainer.js';

@@ -4,7 +4,7 @@
  * exports helpers; started by launchThreadGroup it runs the scenario named in its workerData.
  */
 import { CommAbortedError, type Communicator } from '../../src/tp/comm.js';
-import { isThreadGroupWorker, joinThreadGroup } from '../../src/tp/threads.js';
+import { isThreadGroupWorker, joinThreadGroup } from '../../src/transport/threads.js';
 import { mulberry32 } from '../../src/util/random.js';
 
 export { mulberry32 };

@@ -16,7 +16,7 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { createMpiCommunicator, detectMpiLauncher, joinMpiGroup, type MpiCommunicator } from '../../src/tp/mpi.js';
+import { createMpiCommunicator, detectMpiLauncher, joinMpiGroup, type MpiCommunicator } from '../../src/transport/mpi.js';
 import { fullSequence } from './mpi-sequence.js';
 
 const [scenario = 'sequence', outDir = '.', seedArg = '1'] = process.argv.slice(2);

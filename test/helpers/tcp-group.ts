@@ -2,8 +2,8 @@
  * A TCP group inside one process, for transport tests: N ranks, each with its own TcpCommunicator,
  * joined by the real rendezvous over 127.0.0.1 (rank 0 on a port the system chooses).
  */
-import { rendezvous, type RendezvousOptions } from '../../src/tp/rendezvous.js';
-import type { TcpCommOptions, TcpCommunicator } from '../../src/tp/tcp.js';
+import { rendezvous, type RendezvousOptions } from '../../src/transport/rendezvous.js';
+import type { TcpCommOptions, TcpCommunicator } from '../../src/transport/tcp.js';
 
 export interface LocalTcpGroupOptions {
   comm?: Omit<TcpCommOptions, 'rank' | 'size' | 'peers' | 'timeoutMs'>;

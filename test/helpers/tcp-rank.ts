@@ -11,8 +11,8 @@
  */
 import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { rendezvous } from '../../src/tp/rendezvous.js';
-import type { TcpCommunicator } from '../../src/tp/tcp.js';
+import { rendezvous } from '../../src/transport/rendezvous.js';
+import type { TcpCommunicator } from '../../src/transport/tcp.js';
 import { mixedSequence } from './comm-worker.js';
 
 const env = process.env;

@@ -60,7 +60,7 @@
 import { availableParallelism } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { isMainThread, parentPort, Worker, workerData as rawWorkerData } from 'node:worker_threads';
-import { CommAbortedError, type Communicator } from './comm.js';
+import { CommAbortedError, type Communicator } from '../tp/comm.js';
 import {
   type CollectiveCall,
   CommMismatchError,

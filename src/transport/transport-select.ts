@@ -37,7 +37,7 @@ export interface TransportChoice {
 }
 
 /**
- * The launcher that started this process, or null: MPI launchers first (src/tp/mpi.ts), then the
+ * The launcher that started this process, or null: MPI launchers first (src/transport/mpi.ts), then the
  * torchrun-style and Slurm variables as src/launch/env.ts reads them (which throws LaunchEnvError for
  * variables that are present but unusable).
  */

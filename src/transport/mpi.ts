@@ -49,7 +49,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 import type { FloatArray } from '../backend/types.js';
-import { CommAbortedError, type ReduceOp } from './comm.js';
+import { CommAbortedError, type ReduceOp } from '../tp/comm.js';
 import {
   type CollectiveCall,
   CommMismatchError,
@@ -597,7 +597,7 @@ export function createMpiCommunicator(options: MpiCommunicatorOptions = {}): Mpi
 
 export interface JoinMpiOptions extends MpiCommunicatorOptions {
   /**
-   * Describes how two configurations differ, as lines (e.g. configDifference of src/tp/rendezvous.ts);
+   * Describes how two configurations differ, as lines (e.g. configDifference of src/transport/rendezvous.ts);
    * without it the error names only the ranks.
    */
   difference?: (a: unknown, b: unknown, whoA: string, whoB: string) => string[];

@@ -1,6 +1,6 @@
 /**
  * The TCP transport: one rank per process, a full mesh of TCP connections (one socket per pair of
- * ranks), established by `rendezvous()` (src/tp/rendezvous.ts).
+ * ranks), established by `rendezvous()` (src/transport/rendezvous.ts).
  *
  * ALGORITHMS, and how they keep the fixed reduction order. Every reduction in caatnet is computed as
  * ((x0 + x1) + x2) + …, rounded in the element type after every addition, so that every rank and
@@ -61,7 +61,7 @@
 import type * as net from 'node:net';
 import { performance } from 'node:perf_hooks';
 import type { FloatArray } from '../backend/types.js';
-import { CommAbortedError, type ReduceOp } from './comm.js';
+import { CommAbortedError, type ReduceOp } from '../tp/comm.js';
 import {
   type CollectiveCall,
   type CollectiveKind,

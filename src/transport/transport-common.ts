@@ -14,7 +14,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import type { FloatArray } from '../backend/types.js';
-import { CommAbortedError, type CommStats, type Communicator, type ReduceOp } from './comm.js';
+import { CommAbortedError, type CommStats, type Communicator, type ReduceOp } from '../tp/comm.js';
 
 export type CollectiveKind = 'allReduce' | 'reduceScatter' | 'allGather' | 'broadcast' | 'barrier';
 export type DType = 'float32' | 'float64' | 'none';

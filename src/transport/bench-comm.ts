@@ -6,7 +6,7 @@
  * is returned in microseconds.
  */
 import { performance } from 'node:perf_hooks';
-import { createVirtualGroup } from './virtual.js';
+import { createVirtualGroup } from '../tp/virtual.js';
 import { launchThreadGroup } from './threads.js';
 
 export type BenchTransport = 'virtual' | 'threads';
