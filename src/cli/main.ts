@@ -144,6 +144,17 @@ bench
   .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTrainCommand(opts)));
 
 bench
+  .command('infer')
+  .description('inference engine steps (small config, context 1024): prefill 512 and decode 128 at batch 1, 8, 32 per TP degree, p and placement; batch-1 roofline')
+  .option('--json', 'one JSON object per line')
+  .option('--backend <name>', 'compute backend (default: the fastest available)')
+  .option('--variants <list>', 'comma-separated tpN[:pX][:wM] (M worker threads; default M = N, 0 = virtual ranks)', 'tp1,tp2:p1,tp2:p0.5')
+  .option('--batches <list>', 'decode batch sizes', '1,8,32')
+  .option('--prefill <n>', 'prompt tokens of the prefill measurement', '512')
+  .option('--decode <n>', 'decode steps per batch size', '128')
+  .action(async (opts) => runCli(async () => (await import('../bench/infer.js')).benchInferCommand(opts)));
+
+bench
   .command('link')
   .description('needs root: TP ranks in network namespaces on links shaped with tc (1 Gbit/s, 100 Mbit/s): step time, comm time, bytes and speedup for p = 1 … 0 vs the cost model')
   .option('--json', 'one JSON object per line')
