@@ -155,6 +155,20 @@ bench
   .action(async (opts) => runCli(async () => (await import('../bench/infer.js')).benchInferCommand(opts)));
 
 bench
+  .command('serve')
+  .description('Poisson arrivals against a running caat serve: TTFT, TPOT, ITL, E2EL (median, mean, p99), request and output-token throughput (vLLM definitions)')
+  .requiredOption('--url <url>', 'the server, e.g. http://127.0.0.1:8000')
+  .option('--rates <list>', 'comma-separated request rates (req/s; inf = all at once)', '1,4,inf')
+  .option('--num-prompts <n>', 'requests per rate', '50')
+  .option('--input-len <n>', 'prompt tokens (random ids)', '32')
+  .option('--output-len <n>', 'generated tokens per request (ignore_eos)', '32')
+  .option('--model <name>', 'model name to send')
+  .option('--api-key <key>', 'API key')
+  .option('--seed <n>', 'seed of prompts and arrival times', '0')
+  .option('--json', 'one JSON object per line')
+  .action(async (opts) => runCli(async () => (await import('../bench/serve.js')).benchServeCommand(opts)));
+
+bench
   .command('link')
   .description('needs root: TP ranks in network namespaces on links shaped with tc (1 Gbit/s, 100 Mbit/s): step time, comm time, bytes and speedup for p = 1 … 0 vs the cost model')
   .option('--json', 'one JSON object per line')
