@@ -6,6 +6,7 @@
  * flight with an error, turns /health to 503, and every process exits non-zero within 30 s.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
@@ -135,6 +136,36 @@ describe('batching is invisible', () => {
       for (const e of exits) assert.ok(e.code !== 0 || e.signal !== null, `exit ${e.code} ${e.signal}`);
       assert.notEqual(exits[0]!.code, 0);
       assert.ok(exits[0]!.at - killedAt < 30_000, `rank 0 exited ${exits[0]!.at - killedAt} ms after the kill`);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test('under mpirun: killing rank 1 mid-stream ends the stream with an error and the job exits non-zero within 30 s', { skip: mpiSkip }, async () => {
+    const s = await startServer([{ exec: [mpirun!.command, ...mpirun!.baseArgs, '-np', '2', process.execPath, cli], args: serveArgs(run2, ['--max-num-seqs', '8']), env: { CAAT_MPI: '1' } }]);
+    try {
+      // mpirun's children: the rank whose environment says OMPI_COMM_WORLD_RANK=1.
+      const kids = execFileSync('pgrep', ['-P', String(s.procs[0]!.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+      const rank1 = kids.find((pid) => fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes('OMPI_COMM_WORLD_RANK=1'));
+      assert.ok(rank1, `rank 1 among ${kids}`);
+      const client = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const st = await client.completions.create({ model: 'run-tp2-p0.5', prompt: [1, 2], max_tokens: 60, temperature: 0, stream: true, ignore_eos: true } as never);
+      let killedAt = 0;
+      let result = 'completed';
+      try {
+        for await (const _ of st as unknown as AsyncIterable<unknown>) {
+          if (!killedAt) {
+            killedAt = Date.now();
+            process.kill(rank1!, 'SIGKILL');
+          }
+        }
+      } catch (e) {
+        result = `error: ${(e as Error).message}`;
+      }
+      assert.match(result, /^error:/);
+      const [exit] = await s.exits;
+      assert.notEqual(exit!.code, 0);
+      assert.ok(exit!.at - killedAt < 30_000, `mpirun exited ${exit!.at - killedAt} ms after the kill`);
     } finally {
       await s.stop();
     }
