@@ -170,4 +170,37 @@ describe('batching is invisible', () => {
       await s.stop();
     }
   });
+
+  test('a hung rank (stopped) over TCP: the stream fails after --comm-timeout, /health 503, both processes exit non-zero', async () => {
+    const port = 23000 + Math.floor(Math.random() * 5000);
+    const env = (r: number) => ({ RANK: String(r), WORLD_SIZE: '2', LOCAL_RANK: String(r), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) });
+    const s: ServerProc = await startServer([0, 1].map((r) => ({ args: serveArgs(run2, ['--max-num-seqs', '8', '--comm-timeout', '2']), env: env(r) })));
+    try {
+      const client = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const st = await client.completions.create({ model: 'run-tp2-p0.5', prompt: [1, 2], max_tokens: 60, temperature: 0, stream: true, ignore_eos: true } as never);
+      let stoppedAt = 0;
+      let result = 'completed';
+      try {
+        for await (const _ of st as unknown as AsyncIterable<unknown>) {
+          if (!stoppedAt) {
+            stoppedAt = Date.now();
+            s.procs[1]!.kill('SIGSTOP');
+          }
+        }
+      } catch (e) {
+        result = `error: ${(e as Error).message}`;
+      }
+      const failedAfter = Date.now() - stoppedAt;
+      assert.match(result, /^error: .*rank 1/);
+      assert.ok(failedAfter >= 1500 && failedAfter < 15_000, `failed ${failedAfter} ms after the stop`);
+      const h = await fetch(`${s.url}/health`).catch((e: unknown) => e as Error);
+      if (!(h instanceof Error)) assert.equal(h.status, 503);
+      s.procs[1]!.kill('SIGCONT');
+      const exits = await s.exits;
+      for (const e of exits) assert.ok(e.code !== 0, `exit ${e.code} ${e.signal}`);
+    } finally {
+      s.procs[1]!.kill('SIGCONT');
+      await s.stop();
+    }
+  });
 });
