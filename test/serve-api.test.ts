@@ -235,3 +235,28 @@ describe('caat serve with the openai client', () => {
     assert.equal(h.status, 200);
   });
 });
+
+describe('SIGTERM', () => {
+  test('drains the requests in flight, refuses new ones with 503, exits 0', async () => {
+    const s = await startServer([{ args: serveArgs(tinyRun(tmp, 1, 1), ['--max-num-seqs', '1']) }]);
+    const c = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'x', maxRetries: 0 });
+    const inflight = Array.from({ length: 3 }, () => c.completions.create({ model: 'run-tp1-p1', prompt: 'The whale', max_tokens: 58, temperature: 0, ignore_eos: true } as never));
+    for (let i = 0; i < 200; i++) {
+      if ((await metric(s.url, 'caat_num_requests_running')) + (await metric(s.url, 'caat_num_requests_waiting')) === 3) break;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    s.procs[0]!.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 30));
+    const refused = await fetch(`${s.url}/v1/completions`, { method: 'POST', body: JSON.stringify({ prompt: 'x' }) }).catch((e: unknown) => e as Error);
+    if (!(refused instanceof Error)) {
+      assert.equal(refused.status, 503);
+      assert.equal(((await refused.json()) as { error: { type: string } }).error.type, 'unavailable_error');
+    }
+    const health = await fetch(`${s.url}/health`).catch((e: unknown) => e as Error);
+    if (!(health instanceof Error)) assert.equal(health.status, 503);
+    const done = await Promise.all(inflight);
+    for (const d of done) assert.equal(d.usage!.completion_tokens, 58);
+    const [exit] = await s.exits;
+    assert.equal(exit!.code, 0);
+  });
+});

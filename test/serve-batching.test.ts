@@ -6,6 +6,7 @@
  * flight with an error, turns /health to 503, and every process exits non-zero within 30 s.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import OpenAI from 'openai';
@@ -136,6 +137,69 @@ describe('batching is invisible', () => {
       assert.notEqual(exits[0]!.code, 0);
       assert.ok(exits[0]!.at - killedAt < 30_000, `rank 0 exited ${exits[0]!.at - killedAt} ms after the kill`);
     } finally {
+      await s.stop();
+    }
+  });
+
+  test('under mpirun: killing rank 1 mid-stream ends the stream with an error and the job exits non-zero within 30 s', { skip: mpiSkip }, async () => {
+    const s = await startServer([{ exec: [mpirun!.command, ...mpirun!.baseArgs, '-np', '2', process.execPath, cli], args: serveArgs(run2, ['--max-num-seqs', '8']), env: { CAAT_MPI: '1' } }]);
+    try {
+      // mpirun's children: the rank whose environment says OMPI_COMM_WORLD_RANK=1.
+      const kids = execFileSync('pgrep', ['-P', String(s.procs[0]!.pid)], { encoding: 'utf8' }).trim().split('\n').map(Number);
+      const rank1 = kids.find((pid) => fs.readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes('OMPI_COMM_WORLD_RANK=1'));
+      assert.ok(rank1, `rank 1 among ${kids}`);
+      const client = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const st = await client.completions.create({ model: 'run-tp2-p0.5', prompt: [1, 2], max_tokens: 60, temperature: 0, stream: true, ignore_eos: true } as never);
+      let killedAt = 0;
+      let result = 'completed';
+      try {
+        for await (const _ of st as unknown as AsyncIterable<unknown>) {
+          if (!killedAt) {
+            killedAt = Date.now();
+            process.kill(rank1!, 'SIGKILL');
+          }
+        }
+      } catch (e) {
+        result = `error: ${(e as Error).message}`;
+      }
+      assert.match(result, /^error:/);
+      const [exit] = await s.exits;
+      assert.notEqual(exit!.code, 0);
+      assert.ok(exit!.at - killedAt < 30_000, `mpirun exited ${exit!.at - killedAt} ms after the kill`);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  test('a hung rank (stopped) over TCP: the stream fails after --comm-timeout, /health 503, both processes exit non-zero', async () => {
+    const port = 23000 + Math.floor(Math.random() * 5000);
+    const env = (r: number) => ({ RANK: String(r), WORLD_SIZE: '2', LOCAL_RANK: String(r), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) });
+    const s: ServerProc = await startServer([0, 1].map((r) => ({ args: serveArgs(run2, ['--max-num-seqs', '8', '--comm-timeout', '2']), env: env(r) })));
+    try {
+      const client = new OpenAI({ baseURL: `${s.url}/v1`, apiKey: 'none', maxRetries: 0 });
+      const st = await client.completions.create({ model: 'run-tp2-p0.5', prompt: [1, 2], max_tokens: 60, temperature: 0, stream: true, ignore_eos: true } as never);
+      let stoppedAt = 0;
+      let result = 'completed';
+      try {
+        for await (const _ of st as unknown as AsyncIterable<unknown>) {
+          if (!stoppedAt) {
+            stoppedAt = Date.now();
+            s.procs[1]!.kill('SIGSTOP');
+          }
+        }
+      } catch (e) {
+        result = `error: ${(e as Error).message}`;
+      }
+      const failedAfter = Date.now() - stoppedAt;
+      assert.match(result, /^error: .*rank 1/);
+      assert.ok(failedAfter >= 1500 && failedAfter < 15_000, `failed ${failedAfter} ms after the stop`);
+      const h = await fetch(`${s.url}/health`).catch((e: unknown) => e as Error);
+      if (!(h instanceof Error)) assert.equal(h.status, 503);
+      s.procs[1]!.kill('SIGCONT');
+      const exits = await s.exits;
+      for (const e of exits) assert.ok(e.code !== 0, `exit ${e.code} ${e.signal}`);
+    } finally {
+      s.procs[1]!.kill('SIGCONT');
       await s.stop();
     }
   });

@@ -178,6 +178,31 @@ bench
   .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTrainCommand(opts)));
 
 bench
+  .command('infer')
+  .description('inference engine steps (small config, context 1024): prefill 512 and decode 128 at batch 1, 8, 32 per TP degree, p and placement; batch-1 roofline')
+  .option('--json', 'one JSON object per line')
+  .option('--backend <name>', 'compute backend (default: the fastest available)')
+  .option('--variants <list>', 'comma-separated tpN[:pX][:wM] (M worker threads; default M = N, 0 = virtual ranks)', 'tp1,tp2:p1,tp2:p0.5')
+  .option('--batches <list>', 'decode batch sizes', '1,8,32')
+  .option('--prefill <n>', 'prompt tokens of the prefill measurement', '512')
+  .option('--decode <n>', 'decode steps per batch size', '128')
+  .action(async (opts) => runCli(async () => (await import('../bench/infer.js')).benchInferCommand(opts)));
+
+bench
+  .command('serve')
+  .description('Poisson arrivals against a running caat serve: TTFT, TPOT, ITL, E2EL (median, mean, p99), request and output-token throughput (vLLM definitions)')
+  .requiredOption('--url <url>', 'the server, e.g. http://127.0.0.1:8000')
+  .option('--rates <list>', 'comma-separated request rates (req/s; inf = all at once)', '1,4,inf')
+  .option('--num-prompts <n>', 'requests per rate', '50')
+  .option('--input-len <n>', 'prompt tokens (random ids)', '32')
+  .option('--output-len <n>', 'generated tokens per request (ignore_eos)', '32')
+  .option('--model <name>', 'model name to send')
+  .option('--api-key <key>', 'API key')
+  .option('--seed <n>', 'seed of prompts and arrival times', '0')
+  .option('--json', 'one JSON object per line')
+  .action(async (opts) => runCli(async () => (await import('../bench/serve.js')).benchServeCommand(opts)));
+
+bench
   .command('link')
   .description('needs root: TP ranks in network namespaces on links shaped with tc (1 Gbit/s, 100 Mbit/s): step time, comm time, bytes and speedup for p = 1 … 0 vs the cost model')
   .option('--json', 'one JSON object per line')
