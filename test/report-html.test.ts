@@ -154,6 +154,24 @@ describe('caat report', () => {
     }
   });
 
+  test('plain run folders: the quality is the last validation loss of training', () => {
+    const dirs = [1, 2].map((seed) => {
+      const d = path.join(tmp, `run${seed}`);
+      fs.mkdirSync(d);
+      fs.writeFileSync(path.join(d, 'run.json'), JSON.stringify({ model: { hidden: 16, layers: 1, heads: 2, kvHeads: 2, ffn: 32 }, parallel: { tp: 2, p: 0.5, privateScale: 'sqrt' }, train: { seed, steps: 4 }, data: { corpus: 'x' } }));
+      fs.writeFileSync(path.join(d, 'metrics.jsonl'), [1, 2, 3, 4].map((s) => JSON.stringify({ step: s, loss: 5 - s / 10, comm_bytes: 500, ...(s % 2 === 0 ? { val_loss: 5 - s / 10 + seed / 100 } : {}) })).join('\n') + '\n');
+      return d;
+    });
+    const out = path.join(tmp, 'runs.html');
+    const r = spawnSync(process.execPath, [cli, 'report', ...dirs, '--out', out, '--title', 'Two runs'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    // seeds 1 and 2: 4.61 and 4.62 → 4.6150 ± 0.0050
+    assert.match(r.stdout, /^# Two runs\n/);
+    assert.match(r.stdout, /quality is the last validation loss measured during training/);
+    assert.match(r.stdout, /\| all \| 2 \| 0\.5 \| 2 \| 4\.6150 ± 0\.0050 \|/);
+    assert.ok(fs.existsSync(path.join(tmp, 'runs.md')));
+  });
+
   test('a run folder that is neither a sweep nor a run is refused, naming it', () => {
     const bad = path.join(tmp, 'empty');
     fs.mkdirSync(bad);

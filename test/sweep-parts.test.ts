@@ -15,6 +15,15 @@ import { expandCells, parseSweepSpec } from '../src/experiments/sweep-config.js'
 import { runSweep, type CaatRunner } from '../src/experiments/sweep.js';
 
 let tmp: string;
+
+/** Whether a process is running (an exited one that nobody has reaped yet, a zombie, is not). */
+function running(pid: number): boolean {
+  try {
+    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] !== 'Z';
+  } catch {
+    return false;
+  }
+}
 before(() => (tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'caat-sweep-parts-'))));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -147,5 +156,27 @@ describe('grid from flags', () => {
     assert.equal(cells[1]!.trainConfig.model['kvHeads'], 4);
     assert.ok(cells[1]!.work > cells[0]!.work);
     assert.throws(() => parseSweepSpec({ grid: { model: [{ widht: 3 }] } }, 'm.json'), /field "grid\.model\[0\]\.widht": unknown model setting/);
+  });
+});
+
+describe('child guard', () => {
+  test('a child started by a sweep ends when the sweep is killed with SIGKILL', async () => {
+    const { spawn } = await import('node:child_process');
+    const guard = new URL('../src/experiments/child-guard.js', import.meta.url).href;
+    // a stand-in sweep: starts a child that would run for a minute, prints its pid once it is up, waits
+    const parentCode = `
+      const { spawn } = require('node:child_process');
+      const c = spawn(process.execPath, ['--import', ${JSON.stringify(guard)}, '-e', 'process.send("up"); setTimeout(() => {}, 60000)'],
+        { stdio: ['ignore', 'ignore', 'ignore', 'ipc'], env: { ...process.env, CAAT_SWEEP_PID: String(process.pid) } });
+      c.once('message', () => console.log(c.pid));
+      setTimeout(() => {}, 60000);`;
+    const parent = spawn(process.execPath, ['-e', parentCode], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const pid = await new Promise<number>((res) => parent.stdout!.once('data', (d: Buffer) => res(Number(d.toString().trim()))));
+    assert.ok(pid > 0);
+    assert.ok(running(pid));
+    parent.kill('SIGKILL');
+    parent.stdout!.destroy();
+    for (let i = 0; i < 200 && running(pid); i++) await new Promise((r) => setTimeout(r, 25));
+    assert.equal(running(pid), false, 'the child outlived its parent');
   });
 });

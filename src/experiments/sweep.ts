@@ -69,7 +69,7 @@ export function childRunner(children: Set<ChildProcess>): CaatRunner {
     new Promise((resolve, reject) => {
       const fd = fs.openSync(o.log, 'a');
       fs.writeSync(fd, `\n$ caat ${args.join(' ')}\n`);
-      const child = spawn(process.execPath, ['--import', GUARD.href, CLI.pathname, ...args], { stdio: ['ignore', 'pipe', fd, 'ipc'], env: process.env });
+      const child = spawn(process.execPath, ['--import', GUARD.href, CLI.pathname, ...args], { stdio: ['ignore', 'pipe', fd, 'ipc'], env: { ...process.env, CAAT_SWEEP_PID: String(process.pid) } });
       children.add(child);
       if (child.pid !== undefined) o.onSpawn?.(child.pid);
       let stdout = '';
@@ -406,5 +406,8 @@ export async function runSweep(o: SweepOptions): Promise<SweepSummary> {
     progress.stop();
     o.signal?.removeEventListener('abort', onAbort);
   }
+  // in grid order, whatever order the cells ended in
+  const order = new Map(cells.map((c, i) => [c.name, i]));
+  failed.sort((a, b) => order.get(a)! - order.get(b)!);
   return { rows: cells.filter((c) => rows.has(c.name)).map((c) => rows.get(c.name)!), cells: cells.length, skipped, started, failed };
 }
