@@ -11,7 +11,7 @@
     'caat_blas_libdir%': '',
   },
   'target_defaults': {
-    'sources': ['src/addon.cc', 'src/kernels_base.cc', 'src/kernels_avx512.cc'],
+    'sources': ['src/addon.cc', 'src/kernels_base.cc', 'src/kernels_avx512.cc', 'src/kernels_avx2.cc'],
     'include_dirs': [
       "<!(node -p \"require('node-addon-api').include_dir\")",
     ],

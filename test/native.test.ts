@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -201,7 +202,7 @@ describe('native backend', { skip: skipAll }, () => {
     const info = nativeInfo();
     assert.ok(info.blas === 'onednn' || info.blas === 'openblas');
     assert.match(info.version, /^\d+\.\d+/);
-    assert.ok(info.isa === 'avx512' || info.isa === 'baseline');
+    assert.ok(['avx512', 'avx2', 'baseline'].includes(info.isa), info.isa);
     assert.equal(info.coretype, process.env['OPENBLAS_CORETYPE'] ?? null);
     assert.match(anyNative.backend!.description, /^native \((oneDNN|OpenBLAS) \d/);
   });
@@ -244,14 +245,24 @@ describe('native backend', { skip: skipAll }, () => {
     assert.deepEqual(o2, o1);
   });
 
-  test('the portable (non-AVX-512) kernels agree with js too', () => {
-    // The kernel build is chosen once per process, so this runs in a child with CAAT_NATIVE_ISA=baseline.
+  // The AVX2 build runs where the CPU has AVX2 and FMA; elsewhere CAAT_NATIVE_ISA=avx2 falls back to baseline.
+  const cpuFlags = (() => {
+    try {
+      return new Set((/^flags\s*:(.*)$/m.exec(fs.readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '').trim().split(/\s+/));
+    } catch {
+      return new Set<string>();
+    }
+  })();
+  const hasAvx2 = cpuFlags.has('avx2') && cpuFlags.has('fma');
+  for (const cap of ['baseline', 'avx2'] as const) test(`the ${cap} kernels (CAAT_NATIVE_ISA=${cap}) agree with js too`, () => {
+    // The kernel build is chosen once per process, so this runs in a child with CAAT_NATIVE_ISA set.
+    const expectIsa = cap === 'avx2' && hasAvx2 ? 'avx2' : 'baseline';
     const url = (p: string): string => JSON.stringify(new URL(p, import.meta.url).href);
     const code = `
       import { loadNativeBackend, nativeInfo, setNativeGemmPath } from ${url('../src/backend/native.js')};
       import { createJsBackend } from ${url('../src/backend/js.js')};
       const nb = loadNativeBackend(), js = createJsBackend('f32');
-      if (nativeInfo().isa !== 'baseline') throw new Error('isa ' + nativeInfo().isa);
+      if (nativeInfo().isa !== ${JSON.stringify(expectIsa)}) throw new Error('isa ' + nativeInfo().isa);
       let s = 1;
       const rand = (n) => Float32Array.from({ length: n }, () => { s = (s * 1103515245 + 12345) >>> 0; return (s / 2 ** 32) * 6 - 3; });
       const err = (a, b) => { let m = 0, d = 0; for (let i = 0; i < b.length; i++) { m = Math.max(m, Math.abs(b[i])); d = Math.max(d, Math.abs(a[i] - b[i])); } return d / m; };
@@ -271,11 +282,11 @@ describe('native backend', { skip: skipAll }, () => {
       console.log(JSON.stringify(worst));`;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
       encoding: 'utf8',
-      env: { ...process.env, CAAT_NATIVE_ISA: 'baseline' },
+      env: { ...process.env, CAAT_NATIVE_ISA: cap },
     });
     assert.equal(r.status, 0, r.stderr);
     const worst = JSON.parse(r.stdout) as Record<string, number>;
-    for (const [name, e] of Object.entries(worst)) assert.ok(e < 2e-6, `baseline ${name}: error ${e}`);
+    for (const [name, e] of Object.entries(worst)) assert.ok(e < 2e-6, `${cap} ${name}: error ${e}`);
   });
 
   test('loads and computes inside worker threads, each with its own thread count', async () => {

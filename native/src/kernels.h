@@ -48,9 +48,11 @@ struct Kernels {
 };
 
 namespace k512 { const Kernels& table(); }
+namespace k256 { const Kernels& table(); }
 namespace kbase { const Kernels& table(); }
 
-// The fastest table the running CPU supports (AVX-512F + DQ with OS support, else baseline).
+// The fastest table the running CPU supports (AVX-512F/DQ/BW/VL with OS support, else AVX2 + FMA, else
+// baseline). CAAT_NATIVE_ISA=baseline or avx2 caps the choice.
 const Kernels& selectKernels();
 
 }  // namespace caat

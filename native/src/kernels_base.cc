@@ -15,16 +15,19 @@ namespace kbase {
 }  // namespace kbase
 
 const Kernels& selectKernels() {
-  // CAAT_NATIVE_ISA=baseline forces the portable kernels (to test them on an AVX-512 machine).
+  // CAAT_NATIVE_ISA=baseline (or avx2) caps the choice, to test the portable kernels on a faster CPU.
   const char* force = std::getenv("CAAT_NATIVE_ISA");
-  if (force != nullptr && std::strcmp(force, "baseline") == 0) return kbase::table();
+  const bool capBaseline = force != nullptr && std::strcmp(force, "baseline") == 0;
+  const bool capAvx2 = force != nullptr && std::strcmp(force, "avx2") == 0;
+  if (capBaseline) return kbase::table();
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  // libgcc's cpu detection also checks that the OS saves the AVX-512 register state (XCR0).
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+  // libgcc's cpu detection also checks that the OS saves the AVX / AVX-512 register state (XCR0).
+  if (!capAvx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("fma")) {
     return k512::table();
   }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return k256::table();
 #endif
   return kbase::table();
 }

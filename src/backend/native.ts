@@ -3,7 +3,7 @@
  * `dnnl_sgemm` or OpenBLAS's `cblas_sgemm`, with a hand-written kernel for skinny products (M ≤ 8,
  * decoding; M ≤ 16 with OpenBLAS, where it is measured faster), fused attention (GEMM + softmax per
  * (batch, head) inside C++, skipping the masked upper triangle) and vectorised C++ for every other
- * kernel (AVX-512 when the CPU has it, chosen at load time; CAAT_NATIVE_ISA=baseline forces the
+ * kernel (AVX-512, else AVX2 + FMA, when the CPU has it, chosen at load time; CAAT_NATIVE_ISA=baseline or avx2 caps the choice; baseline is the
  * portable build). Float32 only; operands are used in place (SharedArrayBuffer-backed arrays and
  * subarray views included), never copied.
  *
@@ -53,7 +53,7 @@ export interface NativeInfo {
   threads: number;
   /** The library's own view: omp_get_max_threads() (oneDNN) or openblas_get_num_threads(). */
   libraryThreads: number;
-  /** Kernel build in use: 'avx512' or 'baseline'. */
+  /** Kernel build in use: 'avx512', 'avx2' or 'baseline'. */
   isa: string;
   /** GEMM path: 0 automatic, 1 BLAS always, 2 skinny kernel always. */
   gemmPath: number;
