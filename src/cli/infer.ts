@@ -3,15 +3,11 @@
  * TP degree (every logical rank hosted as a virtual rank in this process, or this process's ranks under
  * a launcher), then sample.
  */
-import * as fs from 'node:fs';
-import * as path from 'node:path';
 import { selectBackend } from '../backend/index.js';
 import type { Tokenizer } from '../data/tokenizer.js';
-import { loadTokenizer } from '../data/tokenizers.js';
-import { loadCheckpoint } from '../io/checkpoint.js';
 import type { ResolvedConfig } from '../model/config.js';
 import { VirtualModel } from '../model/harness.js';
-import { processModel, processMode, quietUnlessRankZero } from '../train/process-host.js';
+import { processModel } from '../train/process-host.js';
 import { Engine } from '../infer/engine.js';
 import type { SampleOptions } from '../infer/sampler.js';
 import { placeRanks } from '../placement/index.js';
@@ -27,26 +23,13 @@ export interface LoadedRun {
   step: number;
 }
 
-export function loadRun(runDir: string, flags: { backend?: string; tp?: string; p?: string; privateScale?: string; transport?: string; commTimeout?: string }): LoadedRun {
-  // Under a launcher: this process hosts one rank (src/train/process-host.ts); other ranks stay quiet.
-  const mode = processMode(flags.transport, flags.commTimeout);
-  const launched = mode === 'idle' ? null : mode;
-  if (launched) quietUnlessRankZero(launched);
-  if (!fs.existsSync(runDir)) throw new UserError(`${runDir}: no such run folder`);
-  const tpOverride = num('tp', flags.tp);
-  const ck = loadCheckpoint(runDir, tpOverride === undefined ? {} : { tpOverride });
-  const p = num('p', flags.p);
-  if (p !== undefined && p !== ck.cfg.parallel.p) {
-    throw new UserError(`--p ${p} does not match the checkpoint's p = ${ck.cfg.parallel.p}: p is part of the architecture the model was trained with`);
-  }
-  if (flags.privateScale !== undefined && flags.privateScale !== ck.cfg.parallel.privateScale) {
-    throw new UserError(`--private-scale ${flags.privateScale} does not match the checkpoint's ${ck.cfg.parallel.privateScale}`);
-  }
-  const tokenizer = loadTokenizer(path.join(runDir, 'tokenizer.json'));
+export function loadRun(runDir: string, flags: PlacementFlags): LoadedRun {
+  // Under a launcher: this process hosts its ranks (src/train/process-host.ts); other ranks stay quiet.
+  const run = openRunForInference(runDir, flags);
   const be = selectBackend(flags.backend);
-  const vm = launched ? processModel(ck.cfg, be, launched, { run: runDir, step: ck.state.step, flags }) : new VirtualModel(ck.cfg, be);
-  for (const m of vm.ranks) m.loadFull((s) => ck.params.get(s.name)!);
-  return { runDir, cfg: ck.cfg, vm, tokenizer, step: ck.state.step };
+  const vm = run.launched ? processModel(run.cfg, be, run.launched, { run: runDir, step: run.step, flags }) : new VirtualModel(run.cfg, be);
+  for (const m of vm.ranks) m.loadFull((s) => run.params.get(s.name)!);
+  return { runDir, cfg: run.cfg, vm, tokenizer: run.tokenizer, step: run.step };
 }
 
 export { sample, type SampleOptions } from '../infer/sampler.js';
