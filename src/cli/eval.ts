@@ -14,12 +14,13 @@ import { PROXY_TASKS, PROXY_TYPES, proxyRecords } from '../eval/proxy.js';
 import { aggregate, buildTaskSet, formatTable, heldOutDocuments, isProxyName, proxyOptions, splitTaskList } from '../eval/run.js';
 import { loadTokenizer } from '../data/tokenizers.js';
 import { scoreRequests, DEFAULT_BATCH_TOKENS, type Scores } from '../eval/scorer.js';
+import type { PlacementFlags } from '../placement/run.js';
 import { processMode } from '../train/process-host.js';
 import { loadRun } from './infer.js';
 import { UserError } from './run.js';
 import { num } from './train.js';
 
-export interface EvalFlags {
+export interface EvalFlags extends PlacementFlags {
   run: string;
   maxBatches?: string;
   batchSize: string;
@@ -30,16 +31,9 @@ export interface EvalFlags {
   logSamples?: string;
   exportTasks?: string;
   batchTokens?: string;
-  workers?: string;
   proxyItems?: string;
   proxySeed?: string;
   bootstrapIters?: string;
-  backend?: string;
-  tp?: string;
-  p?: string;
-  privateScale?: string;
-  transport?: string;
-  commTimeout?: string;
 }
 
 interface RunJson {
