@@ -13,17 +13,10 @@ import { parseEvalOutput, parseTaskOutput, readMetrics } from '../src/experiment
 import { CoreScheduler } from '../src/experiments/scheduler.js';
 import { expandCells, parseSweepSpec } from '../src/experiments/sweep-config.js';
 import { runSweep, type CaatRunner } from '../src/experiments/sweep.js';
+import { running } from './helpers/procs.js';
 
 let tmp: string;
 
-/** Whether a process is running (an exited one that nobody has reaped yet, a zombie, is not). */
-function running(pid: number): boolean {
-  try {
-    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] !== 'Z';
-  } catch {
-    return false;
-  }
-}
 before(() => (tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'caat-sweep-parts-'))));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
 

@@ -13,18 +13,11 @@ import { after, before, describe, test } from 'node:test';
 import { readMetrics, type ResultRow } from '../src/experiments/results.js';
 import { writeSmallCorpus } from './helpers/corpus.js';
 import { repoRoot } from './helpers/paths.js';
+import { running } from './helpers/procs.js';
 
 const cli = path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
 let tmp: string;
 
-/** Whether a process is running (an exited one that nobody has reaped yet, a zombie, is not). */
-function running(pid: number): boolean {
-  try {
-    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '')[0] !== 'Z';
-  } catch {
-    return false;
-  }
-}
 let sweepFile: string;
 const STEPS = 24;
 

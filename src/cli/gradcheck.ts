@@ -2,13 +2,12 @@
  * `caat gradcheck`: one forward and backward of a checkpoint on a given batch; prints the loss and the
  * L2 norm of every full logical gradient in the shape of the reference fixtures' expected.json.
  */
-import * as fs from 'node:fs';
 import { z } from 'zod';
 import { selectBackend } from '../backend/index.js';
 import { loadModelFile } from '../io/checkpoint.js';
 import { formatZodError } from '../model/config.js';
 import { VirtualModel } from '../model/harness.js';
-import { UserError } from './run.js';
+import { readJsonFile, UserError } from './run.js';
 
 const TokensSchema = z
   .object({ inputs: z.array(z.array(z.number().int().nonnegative())).min(1), targets: z.array(z.array(z.number().int().nonnegative())).min(1) })
@@ -25,13 +24,7 @@ export interface GradcheckFlags {
 }
 
 export async function gradcheckCommand(f: GradcheckFlags): Promise<void> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(f.tokens, 'utf8'));
-  } catch (e) {
-    throw new UserError(`${f.tokens}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : `not valid JSON (${(e as Error).message})`}`);
-  }
-  const parsed = TokensSchema.safeParse(raw);
+  const parsed = TokensSchema.safeParse(readJsonFile(f.tokens));
   if (!parsed.success) throw new UserError(formatZodError(f.tokens, parsed.error));
   const { inputs, targets } = parsed.data;
   const B = inputs.length;

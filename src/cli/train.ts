@@ -9,7 +9,7 @@ import { ConfigError, formatZodError, ModelConfigSchema, ParallelConfigSchema, r
 import { parseTrainConfig } from '../train/config.js';
 import { train, type RunSpec } from '../train/trainer.js';
 import { splitTaskList } from '../eval/run.js';
-import { UserError } from './run.js';
+import { readJsonFile, UserError } from './run.js';
 
 /** The default model: ~1.8M parameters with the default 4096-token BPE. */
 export const DEFAULT_MODEL = { hidden: 128, layers: 4, heads: 8, kvHeads: 4, ffn: 384, seqLen: 128 };
@@ -80,14 +80,7 @@ export function num(flag: string, v: string | undefined): number | undefined {
 }
 
 function readConfigFile(file: string): z.infer<typeof FileSchema> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new UserError(`${file}: ${err.code === 'ENOENT' ? 'no such file' : `not valid JSON (${err.message})`}`);
-  }
-  const r = FileSchema.safeParse(raw);
+  const r = FileSchema.safeParse(readJsonFile(file));
   if (!r.success) throw new ConfigError(formatZodError(file, r.error));
   return r.data;
 }

@@ -17,7 +17,7 @@
  */
 import * as fs from 'node:fs';
 import { z } from 'zod';
-import { UserError } from '../cli/run.js';
+import { readJsonFile, UserError } from '../cli/run.js';
 import { buildRunSpec } from '../cli/train.js';
 import { resolveConfig, countParams } from '../model/config.js';
 
@@ -207,14 +207,7 @@ export function parseSweepSpec(raw: unknown, where: string): SweepSpec {
 }
 
 export function readSweepFile(file: string): SweepSpec {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    const err = e as NodeJS.ErrnoException;
-    throw new UserError(`${file}: ${err.code === 'ENOENT' ? 'no such file' : `not valid JSON (${err.message})`}`);
-  }
-  return parseSweepSpec(raw, file);
+  return parseSweepSpec(readJsonFile(file), file);
 }
 
 /** "p" → 0.5 → "p0.5"; a model preset → its name, else "model<index>". */
