@@ -101,6 +101,30 @@ function rowsCols(n: string, rows: number, cols: number): void {
   dim(n, 'rows', rows); dim(n, 'cols', cols);
 }
 
+/** `checkGemm` for `gemmBf16`: A and B bf16 bit patterns (Uint16Array), C float32. */
+export function checkGemmBf16(
+  transA: boolean, transB: boolean, M: number, N: number, K: number,
+  A: Uint16Array, offA: number, lda: number, B: Uint16Array, offB: number, ldb: number,
+  C: Float32Array, offC: number, ldc: number,
+): void {
+  const k = 'gemmBf16';
+  if (!(A instanceof Uint16Array)) throw new KernelError(k, 'buffer A must be a Uint16Array of bf16 bit patterns');
+  if (!(B instanceof Uint16Array)) throw new KernelError(k, 'buffer B must be a Uint16Array of bf16 bit patterns');
+  if (!(C instanceof Float32Array)) throw new KernelError(k, 'buffer C must be a Float32Array');
+  dim(k, 'M', M); dim(k, 'N', N); dim(k, 'K', K);
+  dim(k, 'offA', offA); dim(k, 'offB', offB); dim(k, 'offC', offC);
+  const [ar, ac] = transA ? [K, M] : [M, K];
+  const [br, bc] = transB ? [N, K] : [K, N];
+  if (!Number.isInteger(lda) || lda < Math.max(1, ac)) throw new KernelError(k, `lda = ${lda} is smaller than A's row length ${ac} (transA = ${transA}, M = ${M}, K = ${K})`);
+  if (!Number.isInteger(ldb) || ldb < Math.max(1, bc)) throw new KernelError(k, `ldb = ${ldb} is smaller than B's row length ${bc} (transB = ${transB}, K = ${K}, N = ${N})`);
+  if (!Number.isInteger(ldc) || ldc < Math.max(1, N)) throw new KernelError(k, `ldc = ${ldc} is smaller than N = ${N}`);
+  if (M > 0 && N > 0) {
+    need(k, 'A', A, span(ar, ac, lda, offA), `${ar}x${ac} with lda ${lda} at offset ${offA}; M = ${M}, K = ${K}`);
+    need(k, 'B', B, span(br, bc, ldb, offB), `${br}x${bc} with ldb ${ldb} at offset ${offB}; K = ${K}, N = ${N}`);
+    need(k, 'C', C, span(M, N, ldc, offC), `${M}x${N} with ldc ${ldc} at offset ${offC}; M = ${M}, N = ${N}`);
+  }
+}
+
 /** Wrap an unchecked backend so that every kernel validates its arguments first. */
 export function checked(raw: Backend): Backend {
   return {
@@ -116,6 +140,26 @@ export function checked(raw: Backend): Backend {
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       checkGemm(transA, transB, M, N, K, A, offA, lda, B, offB, ldb, C, offC, ldc);
       raw.gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
+    },
+    toBf16(out, x, n) {
+      const k = 'toBf16';
+      dim(k, 'n', n);
+      if (!(out instanceof Uint16Array)) throw new KernelError(k, 'buffer out must be a Uint16Array of bf16 bit patterns');
+      if (!(x instanceof Float32Array)) throw new KernelError(k, 'buffer x must be a Float32Array');
+      need(k, 'out', out, n, `n = ${n}`); need(k, 'x', x, n, `n = ${n}`);
+      raw.toBf16(out, x, n);
+    },
+    fromBf16(out, x, n) {
+      const k = 'fromBf16';
+      dim(k, 'n', n);
+      if (!(out instanceof Float32Array)) throw new KernelError(k, 'buffer out must be a Float32Array');
+      if (!(x instanceof Uint16Array)) throw new KernelError(k, 'buffer x must be a Uint16Array of bf16 bit patterns');
+      need(k, 'out', out, n, `n = ${n}`); need(k, 'x', x, n, `n = ${n}`);
+      raw.fromBf16(out, x, n);
+    },
+    gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
+      checkGemmBf16(transA, transB, M, N, K, A, offA, lda, B, offB, ldb, C, offC, ldc);
+      raw.gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
     },
     attentionForward(out, att, q, k, v, B, Tq, Tk, NH, NKV, HD, kvBatchStride) {
       checkAttentionForward(out, att, q, k, v, B, Tq, Tk, NH, NKV, HD, kvBatchStride);

@@ -4,6 +4,7 @@
  * gradient checks); reductions accumulate in float64 (JS numbers) either way.
  */
 import { composedAttentionBackward, composedAttentionForward } from './attention.js';
+import { fromBf16Ref, gemmBf16ViaF32, toBf16Ref } from './bf16.js';
 import { checked } from './check.js';
 import type { Backend, FloatArray } from './types.js';
 
@@ -26,6 +27,18 @@ export function rawJsBackend(precision: JsPrecision = 'f32'): Backend {
     },
 
     release() {},
+
+    toBf16(out, x, n) {
+      toBf16Ref(out, x, n);
+    },
+
+    fromBf16(out, x, n) {
+      fromBf16Ref(out, x, n);
+    },
+
+    gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
+      gemmBf16ViaF32(be.gemm, transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
+    },
 
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       for (let i = 0; i < M; i++) {

@@ -33,6 +33,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { fromBf16Ref, gemmBf16ViaF32, toBf16Ref } from './bf16.js';
 import { checkGemm, checked } from './check.js';
 import { type Backend, type BackendOptions, BackendUnavailableError, type FloatArray, KernelError } from './types.js';
 
@@ -213,7 +214,7 @@ function describe(addon: Addon, blas: NativeBlas, threads: number): string {
 function rawNativeBackend(addon: Addon, blas: NativeBlas, threads: number): Backend {
   const t = (): void => useThreads(addon, threads);
   t();
-  return {
+  const be: Backend = {
     name: 'native',
     description: describe(addon, blas, threads),
 
@@ -222,6 +223,18 @@ function rawNativeBackend(addon: Addon, blas: NativeBlas, threads: number): Back
     },
 
     release() {},
+
+    toBf16(out, x, n) {
+      toBf16Ref(out, x, n);
+    },
+
+    fromBf16(out, x, n) {
+      fromBf16Ref(out, x, n);
+    },
+
+    gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
+      gemmBf16ViaF32(be.gemm, transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
+    },
 
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       t();
@@ -324,6 +337,7 @@ function rawNativeBackend(addon: Addon, blas: NativeBlas, threads: number): Back
       addon.adamw(f32('adamw', param), grad as F32, m as F32, v as F32, n, beta1, beta2, eps, stepSize, bc2sqrt, decay, gradScale);
     },
   };
+  return be;
 }
 
 /**

@@ -143,6 +143,41 @@ export interface Backend {
   ): void;
 
   // ---------------------------------------------------------------------------------------------
+  // bfloat16 (see bf16.ts): a bf16 array is a Uint16Array of the upper halves of float32 bit patterns.
+  // ---------------------------------------------------------------------------------------------
+
+  /** out[i] = bf16(x[i]) for i < n, round to nearest even (NaN stays NaN). x is float32. Writes out. */
+  toBf16(out: Uint16Array, x: Float32Array, n: number): void;
+
+  /** out[i] = float32(x[i]) for i < n, exact. Writes out. */
+  fromBf16(out: Float32Array, x: Uint16Array, n: number): void;
+
+  /**
+   * C = alpha · op(A) · op(B) + beta · C with bf16 operands and a float32 C, with the layout rules of
+   * `gemm`. Products are exact in float32; the sums are float32 (or wider) in an order each backend fixes,
+   * so one backend gives the same bits for the same call. A backend without bf16 hardware widens the
+   * operands and runs its float32 GEMM (`gemmBf16ViaF32`).
+   */
+  gemmBf16(
+    transA: boolean,
+    transB: boolean,
+    M: number,
+    N: number,
+    K: number,
+    alpha: number,
+    A: Uint16Array,
+    offA: number,
+    lda: number,
+    B: Uint16Array,
+    offB: number,
+    ldb: number,
+    beta: number,
+    C: Float32Array,
+    offC: number,
+    ldc: number,
+  ): void;
+
+  // ---------------------------------------------------------------------------------------------
   // Row-wise kernels
   // ---------------------------------------------------------------------------------------------
 

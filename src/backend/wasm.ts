@@ -22,6 +22,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { composedAttentionBackward, composedAttentionForward } from './attention.js';
+import { fromBf16Ref, gemmBf16ViaF32, toBf16Ref } from './bf16.js';
 import { checked } from './check.js';
 import { type Backend, type BackendOptions, type FloatArray, BackendUnavailableError, KernelError } from './types.js';
 
@@ -411,6 +412,18 @@ function rawWasmBackend(rt: WasmRuntime): Backend {
 
     release(arr) {
       releaseWasmArray(arr);
+    },
+
+    toBf16(out, x, n) {
+      toBf16Ref(out, x, n);
+    },
+
+    fromBf16(out, x, n) {
+      fromBf16Ref(out, x, n);
+    },
+
+    gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
+      gemmBf16ViaF32(be.gemm, transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
     },
 
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
