@@ -52,7 +52,8 @@ parallelOptions(
     .option('--seed <n>', 'seed of the weights and data order (default 1234)')
     .option('--workers <m>', 'worker threads hosting the ranks (must divide --tp; 0 = all ranks in the main thread)')
     .option('--cache-dir <dir>', 'token cache folder (default .cache/caatnet)')
-    .option('--eval-tasks <list>', 'score these zero-shot tasks (as caat eval --tasks) at every validation step into metrics.jsonl'),
+    .option('--eval-tasks <list>', 'score these zero-shot tasks (as caat eval --tasks) at every validation step into metrics.jsonl')
+    .option('--precision <p>', 'fp32, bf16 (mixed: fp32 master weights) or auto (default: bf16 where the backend has bf16 GEMM hardware, else fp32)'),
 ).action(async (opts) => runCli(async () => (await import('./train.js')).trainCommand(opts)));
 
 parallelOptions(
