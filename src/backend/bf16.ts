@@ -32,21 +32,42 @@ export function roundBf16(x: number): number {
 
 /** out[i] = bf16(x[i]) for i < n (the reference of `Backend.toBf16`). */
 export function toBf16Ref(out: Uint16Array, x: ArrayLike<number>, n: number): void {
+  if (x instanceof Float32Array && x.byteOffset % 4 === 0) {
+    toBf16Fast(out, x, n);
+    return;
+  }
   for (let i = 0; i < n; i++) out[i] = bf16Bits(x[i]!);
 }
 
 /** out[i] = float32(x[i]) for i < n (the reference of `Backend.fromBf16`). */
 export function fromBf16Ref(out: Float32Array | Float64Array, x: Uint16Array, n: number): void {
+  if (out instanceof Float32Array) {
+    fromBf16Fast(out, x, n);
+    return;
+  }
   for (let i = 0; i < n; i++) out[i] = bf16Value(x[i]!);
 }
 
-/** Widen the [rows, cols] block of a strided bf16 matrix into a packed float32 one. */
-function widen(src: Uint16Array, off: number, ld: number, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  const o32 = new Uint32Array(out.buffer);
+/**
+ * Two growable float32 scratch buffers for the widened operands of gemmBf16ViaF32 (GEMMs run one at a
+ * time in a thread, and each worker thread has its own module instance).
+ */
+const widenScratch: [Float32Array, Float32Array] = [new Float32Array(0), new Float32Array(0)];
+
+/** Widen the [rows, cols] block of a strided bf16 matrix into packed float32 scratch `slot`. */
+function widen(slot: 0 | 1, src: Uint16Array, off: number, ld: number, rows: number, cols: number): Float32Array {
+  const n = rows * cols;
+  if (widenScratch[slot].length < n) widenScratch[slot] = new Float32Array(Math.max(n, 2 * widenScratch[slot].length));
+  const out = widenScratch[slot];
+  const o32 = new Uint32Array(out.buffer, 0, n);
+  if (ld === cols) {
+    for (let i = 0; i < n; i++) o32[i] = src[off + i]! << 16;
+    return out;
+  }
   for (let r = 0; r < rows; r++) {
     const s = off + r * ld;
-    for (let c = 0; c < cols; c++) o32[r * cols + c] = src[s + c]! << 16;
+    const d = r * cols;
+    for (let c = 0; c < cols; c++) o32[d + c] = src[s + c]! << 16;
   }
   return out;
 }
@@ -66,8 +87,8 @@ export function gemmBf16ViaF32(
   if (M === 0 || N === 0) return;
   const [ar, ac] = transA ? [K, M] : [M, K];
   const [br, bc] = transB ? [N, K] : [K, N];
-  const a = widen(A, offA, lda, ar, ac);
-  const b = widen(B, offB, ldb, br, bc);
+  const a = widen(0, A, offA, lda, ar, ac);
+  const b = widen(1, B, offB, ldb, br, bc);
   gemm(transA, transB, M, N, K, alpha, a, 0, Math.max(1, ac), b, 0, Math.max(1, bc), beta, C, offC, ldc);
 }
 

@@ -246,7 +246,6 @@ export class RankModel {
   /** The GEMM and activation precision of forward/backward (master weights and gradients stay float32). */
   private prec: Precision = 'fp32';
   private w16?: Views16;
-  private w16Fresh = false;
 
   constructor(
     readonly cfg: ResolvedConfig,
@@ -298,13 +297,11 @@ export class RankModel {
       const full = initFull(spec, i, seed, Ctor);
       sliceShard(spec, full, this.N, this.rank, this.params.get(spec.name));
     });
-    this.w16Fresh = false;
   }
 
   /** Load full logical tensors (by name) into this rank's shards. */
   loadFull(get: (spec: ParamSpec) => ArrayLike<number>): void {
     for (const spec of this.specs) sliceShard(spec, get(spec), this.N, this.rank, this.params.get(spec.name));
-    this.w16Fresh = false;
   }
 
   get precision(): Precision {
@@ -313,8 +310,8 @@ export class RankModel {
 
   /**
    * Choose the precision of forward and backward. bf16 (mixed precision, the reference's recipe):
-   * float32 master weights, gradients and optimiser state; bf16 copies of the GEMM weights, refreshed
-   * from the masters before a forward whenever they changed (`paramsUpdated`); every GEMM on bf16
+   * float32 master weights, gradients and optimiser state; bf16 copies of the GEMM weights, rounded
+   * from the masters at the start of every forward (so after each optimiser step); every GEMM on bf16
    * operands with float32 output (`Backend.gemmBf16`); the activations the backward needs kept in bf16
    * except the residual stream, RMSNorm statistics and logits (float32); RMSNorm, softmax,
    * cross-entropy and RoPE computed in float32; attention's products on bf16 q, k, v and probabilities;
@@ -330,16 +327,14 @@ export class RankModel {
     this.acts16?.release(this.be);
     this.acts16 = undefined;
     this.prec = p;
-    this.w16Fresh = false;
   }
 
-  /** The master weights changed (an optimiser step, a load): refresh the bf16 copies before the next forward. */
-  paramsUpdated(): void {
-    this.w16Fresh = false;
-  }
-
-  /** The bf16 copies of the GEMM weights, refreshed from the float32 masters when they are stale. */
-  private bf16Weights(): Views16 {
+  /**
+   * Round the float32 master GEMM weights into their bf16 copies. Every bf16 forward starts with it, so
+   * the copies always follow the masters (after each optimiser step, load or edit) and the backward
+   * uses exactly the weights its forward used.
+   */
+  private refreshBf16Weights(): Views16 {
     const w = this.w;
     const conv = (src: FloatArray, dst?: Uint16Array): Uint16Array => {
       const out = dst ?? new Uint16Array(src.length);
@@ -351,7 +346,7 @@ export class RankModel {
         layers: w.layers.map((lw) => ({ wq: conv(lw.wq), wk: conv(lw.wk), wv: conv(lw.wv), wo: conv(lw.wo), wgate: conv(lw.wgate), wup: conv(lw.wup), wdown: conv(lw.wdown) })),
         lmHead: conv(w.lmHead),
       };
-    } else if (!this.w16Fresh) {
+    } else {
       w.layers.forEach((lw, l) => {
         const d = this.w16!.layers[l]!;
         conv(lw.wq, d.wq); conv(lw.wk, d.wk); conv(lw.wv, d.wv); conv(lw.wo, d.wo);
@@ -359,7 +354,6 @@ export class RankModel {
       });
       conv(w.lmHead, this.w16.lmHead);
     }
-    this.w16Fresh = true;
     return this.w16;
   }
 
@@ -459,7 +453,7 @@ export class RankModel {
   private async forwardBf16(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
     const { be, comm, cfg } = this;
     const w = this.w;
-    const w16 = this.bf16Weights();
+    const w16 = this.refreshBf16Weights();
     const a = this.actsFor16(B, T);
     const BT = B * T;
     const { h, HD, NHl, NKVl, qd, kvd, F, Vl, s, c, eps } = this.dims;
@@ -517,8 +511,8 @@ export class RankModel {
   private async backwardBf16(inputs: Int32Array, targets: Int32Array, lossScale: number): Promise<void> {
     const { be, comm, cfg, w, g } = this;
     const a = this.acts16;
-    if (!a) throw new Error('backward called before forward');
-    const w16 = this.bf16Weights();
+    const w16 = this.w16;
+    if (!a || !w16) throw new Error('backward called before forward');
     const { B, T } = a;
     const BT = B * T;
     const { h, HD, NHl, NKVl, qd, kvd, F, Vl, s, c } = this.dims;

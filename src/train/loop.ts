@@ -115,7 +115,6 @@ export async function rankTrainStep(r: RankState, micro: Batch[], B: number, T: 
   const norm = await model.gradNorm();
   const scale = clip > 0 && norm > clip ? clip / norm : 1;
   opt.update(lr, scale);
-  model.paramsUpdated();
   return [lossSum / total, norm];
 }
 
