@@ -121,6 +121,12 @@ interface Views16 {
   lmHead: Uint16Array;
 }
 
+/** Rows per piece where bf16 mode widens or rounds through a small float32 scratch. */
+const BF16_CHUNK_ROWS = 64;
+
+/** Rows per piece of the bf16 LM-head backward (its logit gradients exist one piece at a time). */
+const LM_CHUNK_ROWS = 256;
+
 /**
  * Activations of a bf16-mode forward, kept for the backward: every GEMM input in bf16 (the normalised
  * streams, q, k, v, the attention probabilities and output, gate, up and the SwiGLU output), the
@@ -138,7 +144,8 @@ class Acts16 {
   readonly logits: Float32Array;
   readonly rowMax: Float32Array; readonly sums: Float32Array; readonly lse: Float32Array;
   readonly o: Float32Array; readonly pack: Float32Array; readonly pack16: Uint16Array;
-  // backward scratch (float32), also the forward's GEMM-output scratch
+  // backward scratch (float32), also the forward's GEMM-output scratch; gTmp and uTmp hold
+  // BF16_CHUNK_ROWS rows, dlogits and dlogits16 LM_CHUNK_ROWS rows
   readonly dresid: Float32Array; readonly dln: Float32Array; readonly dO: Float32Array;
   readonly dq: Float32Array; readonly dk: Float32Array; readonly dv: Float32Array; readonly dAttnOut: Float32Array;
   readonly scores: Float32Array; readonly p32: Float32Array;
@@ -173,12 +180,14 @@ class Acts16 {
     this.dresid = a(BT * h); this.dln = a(BT * h); this.dO = a(BT * h);
     this.dq = a(BT * qd); this.dk = a(BT * kvd); this.dv = a(BT * kvd); this.dAttnOut = a(BT * qd);
     this.scores = a(T * T); this.p32 = a(T * T);
-    this.gTmp = a(BT * F); this.uTmp = a(BT * F);
+    const chunk = Math.min(BT, BF16_CHUNK_ROWS);
+    this.gTmp = a(chunk * F); this.uTmp = a(chunk * F);
     this.dgate = a(BT * F); this.dup = a(BT * F); this.dsw = a(BT * F);
-    this.dlogits = a(BT * Vl);
+    const lmChunk = Math.min(BT, LM_CHUNK_ROWS);
+    this.dlogits = a(lmChunk * Vl);
     this.dO16 = b(BT * h); this.dAttnOut16 = b(BT * qd); this.dS16 = b(T * T);
     this.dq16 = b(BT * qd); this.dk16 = b(BT * kvd); this.dv16 = b(BT * kvd);
-    this.dgate16 = b(BT * F); this.dup16 = b(BT * F); this.dlogits16 = b(BT * Vl);
+    this.dgate16 = b(BT * F); this.dup16 = b(BT * F); this.dlogits16 = b(lmChunk * Vl);
   }
 
   /** Hand the float32 buffers back to the backend (the bf16 ones belong to the garbage collector). */
@@ -487,13 +496,13 @@ export class RankModel {
       // --- MLP half: gate and up rounded to bf16 first, so the backward sees what the forward used ---
       be.rmsnormForward(a.dln, a.rstd2[l]!, xMid, lw.ln2, BT, h, eps);
       be.toBf16(a.ln2[l]!, a.dln, BT * h);
-      be.gemmBf16(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, l16.wgate, 0, h, 0, a.gTmp, 0, F);
-      be.toBf16(a.gate[l]!, a.gTmp, BT * F);
-      be.fromBf16(a.gTmp, a.gate[l]!, BT * F);
-      be.gemmBf16(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, l16.wup, 0, h, 0, a.uTmp, 0, F);
-      be.toBf16(a.up[l]!, a.uTmp, BT * F);
-      be.fromBf16(a.uTmp, a.up[l]!, BT * F);
-      be.swigluForward(a.dsw, a.gTmp, a.uTmp, BT * F);
+      be.gemmBf16(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, l16.wgate, 0, h, 0, a.dgate, 0, F);
+      be.toBf16(a.gate[l]!, a.dgate, BT * F);
+      be.fromBf16(a.dgate, a.gate[l]!, BT * F);
+      be.gemmBf16(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, l16.wup, 0, h, 0, a.dup, 0, F);
+      be.toBf16(a.up[l]!, a.dup, BT * F);
+      be.fromBf16(a.dup, a.up[l]!, BT * F);
+      be.swigluForward(a.dsw, a.dgate, a.dup, BT * F);
       be.toBf16(a.sw[l]!, a.dsw, BT * F);
       be.gemmBf16(false, true, BT, h, F, 1, a.sw[l]!, 0, F, l16.wdown, 0, F, 0, a.o, 0, h);
       await partialAllReduceBf16(comm, be, a.o, BT, h, s, c, a.pack, a.pack16, TAGS.mlpFwd);
@@ -521,10 +530,16 @@ export class RankModel {
     const sin = this.sin as Float32Array;
     const gf = (x: FloatArray) => x as Float32Array;
 
-    be.crossEntropyBackward(a.dlogits, a.logits, targets, a.lse, BT, Vl, this.vocabStart, lossScale);
-    be.toBf16(a.dlogits16, a.dlogits, BT * Vl);
-    be.gemmBf16(true, false, Vl, h, BT, 1, a.dlogits16, 0, Vl, a.lnf, 0, h, 1, gf(g.lmHead), 0, h);
-    be.gemmBf16(false, false, BT, h, Vl, 1, a.dlogits16, 0, Vl, w16.lmHead, 0, h, 0, a.dln, 0, h);
+    // Cross-entropy and LM head, LM_CHUNK_ROWS rows at a time: the float32 logit gradients of a piece,
+    // rounded to bf16, feed both GEMMs (the weight gradient accumulates over the pieces in order).
+    for (let r0 = 0; r0 < BT; r0 += LM_CHUNK_ROWS) {
+      const rows = Math.min(BT, r0 + LM_CHUNK_ROWS) - r0;
+      const o = r0 * Vl;
+      be.crossEntropyBackward(a.dlogits, a.logits.subarray(o, o + rows * Vl), targets.subarray(r0, r0 + rows), a.lse.subarray(r0, r0 + rows), rows, Vl, this.vocabStart, lossScale);
+      be.toBf16(a.dlogits16, a.dlogits, rows * Vl);
+      be.gemmBf16(true, false, Vl, h, rows, 1, a.dlogits16, 0, Vl, a.lnf, r0 * h, h, 1, gf(g.lmHead), 0, h);
+      be.gemmBf16(false, false, rows, h, Vl, 1, a.dlogits16, 0, Vl, w16.lmHead, 0, h, 0, a.dln, r0 * h, h);
+    }
     a.dresid.fill(0);
     be.rmsnormBackward(a.dresid, g.norm, a.dln, a.resid[L]!, w.norm, a.rstdf, BT, h);
 
@@ -538,9 +553,13 @@ export class RankModel {
       be.toBf16(a.dO16, a.dO, BT * h);
       be.gemmBf16(true, false, h, F, BT, 1, a.dO16, 0, h, a.sw[l]!, 0, F, 1, gf(lg.wdown), 0, F);
       be.gemmBf16(false, false, BT, F, h, 1, a.dO16, 0, h, l16.wdown, 0, F, 0, a.dsw, 0, F);
-      be.fromBf16(a.gTmp, a.gate[l]!, BT * F);
-      be.fromBf16(a.uTmp, a.up[l]!, BT * F);
-      be.swigluBackward(a.dgate, a.dup, a.dsw, a.gTmp, a.uTmp, BT * F);
+      for (let r0 = 0; r0 < BT; r0 += BF16_CHUNK_ROWS) {
+        const n = (Math.min(BT, r0 + BF16_CHUNK_ROWS) - r0) * F;
+        const o = r0 * F;
+        be.fromBf16(a.gTmp, a.gate[l]!.subarray(o, o + n), n);
+        be.fromBf16(a.uTmp, a.up[l]!.subarray(o, o + n), n);
+        be.swigluBackward(a.dgate.subarray(o, o + n), a.dup.subarray(o, o + n), a.dsw.subarray(o, o + n), a.gTmp, a.uTmp, n);
+      }
       be.toBf16(a.dgate16, a.dgate, BT * F);
       be.toBf16(a.dup16, a.dup, BT * F);
       be.gemmBf16(true, false, F, h, BT, 1, a.dgate16, 0, F, a.ln2[l]!, 0, h, 1, gf(lg.wgate), 0, h);
@@ -921,28 +940,59 @@ export class RankModel {
   }
 }
 
+/** The Acts/Acts16 fields that the forward saves for the backward (the rest are work buffers). */
+const SAVED = new Set(['resid', 'residMid', 'ln1', 'rstd1', 'q', 'k', 'v', 'att', 'attnOut', 'ln2', 'rstd2', 'gate', 'up', 'sw', 'lnf', 'rstdf', 'logits', 'rowMax', 'sums', 'lse']);
+
+export interface RankMemory {
+  params: number;
+  grads: number;
+  optimizer: number;
+  /** Every training buffer for (B, T): saved activations plus work buffers. */
+  activations: number;
+  /** Of those, the tensors the forward keeps for the backward. */
+  activationsSaved: number;
+  /** Of the saved ones, the logits (float32 in both precisions: cross-entropy runs in float32). */
+  logits: number;
+  /** The bf16 copies of the GEMM weights (bf16 mode only). */
+  bf16Weights: number;
+}
+
 /**
- * Float32 bytes one rank of this config holds: parameters, gradients, AdamW moments and the training
- * activations for (B, T). Counted by running the real allocation code against a counting allocator.
+ * Bytes one rank of this config holds: parameters, gradients and AdamW moments (float32), the training
+ * buffers for (B, T) in the given precision, and in bf16 mode the bf16 GEMM weights. Counted by running
+ * the real allocation code against a counting allocator.
  */
-export function rankMemoryBytes(cfg: ResolvedConfig, B: number, T: number, precision: Precision = 'fp32'): { params: number; grads: number; optimizer: number; activations: number; bf16Weights: number } {
-  let count = 0;
-  const counter = { alloc: (n: number) => { count += n; return new Float32Array(0); } } as unknown as Backend;
-  let acts: number;
-  if (precision === 'bf16') {
-    let bytes = 0;
-    new Acts16((n) => { bytes += 4 * n; return new Float32Array(0); }, (n) => { bytes += 2 * n; return new Uint16Array(0); }, cfg, B, T);
-    acts = bytes;
-  } else {
-    new Acts(counter, cfg, B, T);
-    acts = count * 4;
+export function rankMemoryBytes(cfg: ResolvedConfig, B: number, T: number, precision: Precision = 'fp32'): RankMemory {
+  const sizes = new Map<object, number>();
+  const f32 = (n: number): Float32Array => {
+    const x = new Float32Array(0);
+    sizes.set(x, 4 * n);
+    return x;
+  };
+  const u16 = (n: number): Uint16Array => {
+    const x = new Uint16Array(0);
+    sizes.set(x, 2 * n);
+    return x;
+  };
+  const counter = { alloc: f32 } as unknown as Backend;
+  const acts: object = precision === 'bf16' ? new Acts16(f32, u16, cfg, B, T) : new Acts(counter, cfg, B, T);
+  let all = 0;
+  let saved = 0;
+  let logits = 0;
+  for (const [name, v] of Object.entries(acts)) {
+    const bytes = (Array.isArray(v) ? v : [v]).reduce((t: number, x: unknown) => t + (sizes.get(x as object) ?? 0), 0);
+    all += bytes;
+    if (SAVED.has(name)) saved += bytes;
+    if (name === 'logits') logits = bytes;
   }
-  count = 0;
   const specs = paramSpecs(cfg);
-  new ParamSet(specs, cfg.parallel.tp, counter);
-  const params = count;
-  // bf16 mode adds a bf16 copy of every GEMM weight (all 2-D weights but the embedding table).
+  let params = 0;
   let gemmWeights = 0;
-  for (const sp of specs) if (sp.shape.length === 2 && sp.name !== 'model.embed_tokens.weight') gemmWeights += localShape(sp, cfg.parallel.tp).reduce((x, y) => x * y, 1);
-  return { params: params * 4, grads: params * 4, optimizer: 2 * params * 4, activations: acts, bf16Weights: precision === 'bf16' ? gemmWeights * 2 : 0 };
+  for (const sp of specs) {
+    const n = localShape(sp, cfg.parallel.tp).reduce((x, y) => x * y, 1);
+    params += n;
+    // bf16 mode adds a bf16 copy of every GEMM weight (all 2-D weights but the embedding table).
+    if (sp.shape.length === 2 && sp.name !== 'model.embed_tokens.weight') gemmWeights += n;
+  }
+  return { params: params * 4, grads: params * 4, optimizer: 2 * params * 4, activations: all, activationsSaved: saved, logits, bf16Weights: precision === 'bf16' ? gemmWeights * 2 : 0 };
 }
