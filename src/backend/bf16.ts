@@ -116,6 +116,19 @@ export function roundBf16InPlace(x: Float32Array, n: number): void {
   }
 }
 
+/** Profiling hook around the bf16 attention functions (bench train attributes their inner kernel calls to attention). */
+export interface Bf16AttentionHook {
+  enter(): void;
+  exit(): void;
+}
+
+let attentionHook: Bf16AttentionHook | null = null;
+
+/** Install (or with null remove) the profiling hook of attentionForwardBf16 / attentionBackwardBf16. */
+export function setBf16AttentionHook(h: Bf16AttentionHook | null): void {
+  attentionHook = h;
+}
+
 type Bf16Kernels = Pick<import('./types.js').Backend, 'gemmBf16' | 'softmaxForward' | 'softmaxBackward' | 'toBf16' | 'fromBf16'>;
 
 /**
@@ -125,6 +138,19 @@ type Bf16Kernels = Pick<import('./types.js').Backend, 'gemmBf16' | 'softmaxForwa
  * backward) and out = P·v from bf16 P and v (float32 out). `scores` is float32 scratch of Tq·Tk.
  */
 export function attentionForwardBf16(
+  be: Bf16Kernels,
+  out: Float32Array, att16: Uint16Array, q: Uint16Array, k: Uint16Array, v: Uint16Array, scores: Float32Array,
+  B: number, Tq: number, Tk: number, NH: number, NKV: number, HD: number, kvBatchStride: number,
+): void {
+  attentionHook?.enter();
+  try {
+    attentionForwardBf16Body(be, out, att16, q, k, v, scores, B, Tq, Tk, NH, NKV, HD, kvBatchStride);
+  } finally {
+    attentionHook?.exit();
+  }
+}
+
+function attentionForwardBf16Body(
   be: Bf16Kernels,
   out: Float32Array, att16: Uint16Array, q: Uint16Array, k: Uint16Array, v: Uint16Array, scores: Float32Array,
   B: number, Tq: number, Tk: number, NH: number, NKV: number, HD: number, kvBatchStride: number,
@@ -156,6 +182,21 @@ export function attentionForwardBf16(
  * T·T, `dS16` bf16 of T·T.
  */
 export function attentionBackwardBf16(
+  be: Bf16Kernels,
+  dq: Float32Array, dk: Float32Array, dv: Float32Array, dout: Uint16Array,
+  q: Uint16Array, k: Uint16Array, v: Uint16Array, att16: Uint16Array,
+  p32: Float32Array, dS: Float32Array, dS16: Uint16Array,
+  B: number, T: number, NH: number, NKV: number, HD: number,
+): void {
+  attentionHook?.enter();
+  try {
+    attentionBackwardBf16Body(be, dq, dk, dv, dout, q, k, v, att16, p32, dS, dS16, B, T, NH, NKV, HD);
+  } finally {
+    attentionHook?.exit();
+  }
+}
+
+function attentionBackwardBf16Body(
   be: Bf16Kernels,
   dq: Float32Array, dk: Float32Array, dv: Float32Array, dout: Uint16Array,
   q: Uint16Array, k: Uint16Array, v: Uint16Array, att16: Uint16Array,

@@ -171,11 +171,12 @@ bench
 
 bench
   .command('train')
-  .description('training throughput at TP 1: tokens/s, ms per step, share of step time in GEMM')
+  .description('training throughput at TP 1: tokens/s, ms per step, share of step time in GEMM, attention and the largest other kernels')
   .option('--json', 'one JSON object per line')
   .option('--config <names>', 'tiny, small or both (comma-separated)', 'tiny,small')
   .option('--backend <names>', 'comma-separated backends (default: the fastest available)')
   .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '3')
+  .option('--precision <list>', 'fp32, bf16 or fp32,bf16 (both, with the bf16/fp32 ratio)', 'fp32')
   .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTrainCommand(opts)));
 
 bench
@@ -223,6 +224,7 @@ bench
   .option('--tp <n>', 'TP degree to compare with TP = 1', '2')
   .option('--backend <name>', 'compute backend (default: the fastest available)')
   .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '4')
+  .option('--precision <list>', 'fp32, bf16 or fp32,bf16 (rows for each, with activation memory per rank)', 'fp32')
   .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTpCommand(opts)));
 
 bench
