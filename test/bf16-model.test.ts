@@ -348,3 +348,20 @@ describe('bf16 memory and precision choice', () => {
     assert.equal(describePrecision('fp32', js, 'auto'), 'precision: fp32 (auto: no bf16 GEMM hardware)');
   });
 });
+
+describe('generate --precision bf16', () => {
+  test('bf16RoundedWeights rounds exactly the GEMM weights', async () => {
+    const { bf16RoundedWeights } = await import('../src/cli/infer.js');
+    const x = Float32Array.from([0.1, 1 / 3, -2.7182817]);
+    const params = new Map([
+      ['model.embed_tokens.weight', x], ['model.norm.weight', x], ['lm_head.weight', x],
+      ['model.layers.0.self_attn.q_proj.weight', x], ['model.layers.0.mlp.down_proj.weight', x], ['model.layers.0.input_layernorm.weight', x],
+    ]);
+    const r = bf16RoundedWeights(params);
+    for (const [name, v] of r) {
+      const gemm = /proj|lm_head/.test(name);
+      assert.deepEqual(Array.from(v), Array.from(x, (e) => (gemm ? roundBf16(e) : e)), name);
+    }
+    assert.notDeepEqual(Array.from(r.get('lm_head.weight')!), Array.from(x));
+  });
+});

@@ -67,7 +67,8 @@ parallelOptions(
     .option('--top-k <n>', 'keep the k most likely tokens (0 = all)', '40')
     .option('--top-p <x>', 'nucleus sampling mass', '0.95')
     .option('--seed <n>', 'sampling seed', '0')
-    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)'),
+    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)')
+    .option('--precision <p>', 'fp32 (default) or bf16 (GEMM weights rounded to bf16; any checkpoint)'),
 ).action(async (opts) => runCli(async () => (await import('./infer.js')).generateCommand(opts)));
 
 parallelOptions(
@@ -87,7 +88,8 @@ parallelOptions(
     .option('--workers <m>', 'tasks: host the ranks on m worker threads (must divide --tp; default 0: virtual ranks in this thread)')
     .option('--proxy-items <n>', 'items per proxy task (default 1000)')
     .option('--proxy-seed <n>', 'seed of the proxy tasks (default 1234)')
-    .option('--bootstrap-iters <n>', 'bootstrap resamples for the perplexity stderr (default 100000)'),
+    .option('--bootstrap-iters <n>', 'bootstrap resamples for the perplexity stderr (default 100000)')
+    .option('--precision <p>', 'fp32 (default) or bf16 mixed precision forward (any checkpoint)'),
 ).action(async (opts) => runCli(async () => (await import('./eval.js')).evalCommand(opts)));
 
 parallelOptions(
@@ -124,6 +126,7 @@ program
   .option('--json', 'print one JSON object')
   .option('--transport <kind>', 'tcp (one rank per process, under a launcher), mpi (under mpirun), threads or virtual')
   .option('--comm-timeout <seconds>', 'processes: collective and rendezvous timeout (default 30)')
+  .option('--precision <p>', 'fp32 (default) or bf16: the bf16 forward/backward with its relative difference to fp32 (virtual ranks)')
   .action(async (opts) => runCli(async () => (await import('./gradcheck.js')).gradcheckCommand(opts)));
 
 program
