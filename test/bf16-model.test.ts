@@ -365,3 +365,26 @@ describe('generate --precision bf16', () => {
     assert.notDeepEqual(Array.from(r.get('lm_head.weight')!), Array.from(x));
   });
 });
+
+describe('caat gradcheck --precision bf16', () => {
+  test('reports the bf16 loss and norms with their difference to fp32 (within bf16 accuracy, not zero); refuses worker threads', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const path = await import('node:path');
+    const { fixturesDir, repoRoot } = await import('./helpers/paths.js');
+    const cli = path.join(repoRoot, 'dist', 'src', 'cli', 'main.js');
+    const fx = path.join(fixturesDir, 'tp2_p0.5');
+    const args = ['gradcheck', '--model', path.join(fx, 'model.safetensors'), '--tokens', path.join(fx, 'tokens.json'), '--precision', 'bf16'];
+    const r = spawnSync(process.execPath, [cli, ...args, '--json'], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const o = JSON.parse(r.stdout) as { loss: number; config: { precision: string }; fp32: { loss: number; loss_rel_diff: number; grad_norm_rel_diff: Record<string, number> } };
+    assert.equal(o.config.precision, 'bf16');
+    assert.ok(o.fp32.loss_rel_diff > 0 && o.fp32.loss_rel_diff < 2 ** -8, `loss difference ${o.fp32.loss_rel_diff}`);
+    assert.ok(Math.abs(o.loss - o.fp32.loss) / o.fp32.loss === o.fp32.loss_rel_diff);
+    const diffs = Object.values(o.fp32.grad_norm_rel_diff);
+    assert.equal(diffs.length, 2 + 2 * 9 + 1);
+    assert.ok(diffs.every((d) => d < 2 ** -4), JSON.stringify(o.fp32.grad_norm_rel_diff));
+    const w = spawnSync(process.execPath, [cli, ...args, '--workers', '2'], { encoding: 'utf8' });
+    assert.notEqual(w.status, 0);
+    assert.match(w.stderr, /gradcheck --precision bf16 runs on virtual ranks in one process/);
+  });
+});
