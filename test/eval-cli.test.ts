@@ -113,7 +113,20 @@ describe('caat eval --tasks and train --eval-tasks', () => {
     const loss = run(['eval', '--run', runDir, '--json']);
     assert.equal(loss.status, 0, loss.stderr);
     const o = JSON.parse(loss.stdout) as Record<string, unknown>;
-    assert.deepEqual(Object.keys(o), ['run', 'step', 'tp', 'p', 'val_tokens', 'val_loss', 'perplexity', 'bits_per_byte', 'unigram_entropy_nats']);
+    assert.deepEqual(Object.keys(o), ['run', 'step', 'tp', 'p', 'val_tokens', 'val_loss', 'perplexity', 'bits_per_byte', 'unigram_entropy_nats', 'precision']);
+    assert.equal(o['precision'], 'fp32');
+    // bf16 at load time on a checkpoint trained in fp32: another computation, within bf16 accuracy.
+    const b16 = run(['eval', '--run', runDir, '--json', '--precision', 'bf16']);
+    assert.equal(b16.status, 0, b16.stderr);
+    assert.match(b16.stderr, /precision: bf16 mixed/);
+    const o16 = JSON.parse(b16.stdout) as { val_loss: number; precision: string };
+    assert.equal(o16.precision, 'bf16');
+    const l32 = o['val_loss'] as number;
+    assert.notEqual(o16.val_loss, l32);
+    assert.ok(Math.abs(o16.val_loss - l32) / l32 < 2 ** -8, `bf16 ${o16.val_loss} vs fp32 ${l32}`);
+    const bad = run(['eval', '--run', runDir, '--precision', 'fp16']);
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /--precision: expected fp32 or bf16, got "fp16"/);
   });
 
   test('bad task files and unscorable documents are reported', () => {

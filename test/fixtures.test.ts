@@ -1,7 +1,8 @@
 /**
  * The external reference fixtures (PyTorch float64 autograd on a virtual-rank model): loss, every full
  * gradient and the 10-step AdamW trajectory, at the fixture's TP degree and p. Checked in float64 on
- * the js backend (tight tolerances) and in float32 on the default backend (the fixtures' stated ones).
+ * the js backend (tight tolerances), in float32 on the default backend (the fixtures' stated ones) and
+ * in bf16 mixed precision on the default backend (bf16 tolerances, justified at `precisions`).
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -78,9 +79,16 @@ function l2(a: ArrayLike<number>): number {
 
 const cases = readdirSync(fixturesDir).filter((d) => existsSync(join(fixturesDir, d, 'expected.json'))).sort();
 
-const precisions: { label: string; be: () => Backend; lossTol: number; gradTol: number; trainTol: number }[] = [
+const precisions: { label: string; be: () => Backend; bf16?: true; lossTol: number; gradTol: number; trainTol: number }[] = [
   { label: 'float64 js', be: () => createJsBackend('f64'), lossTol: 1e-10, gradTol: 1e-9, trainTol: 1e-9 },
   { label: 'float32 default backend', be: () => selectBackend(undefined, { quiet: true }), lossTol: 1e-6, gradTol: 1e-5, trainTol: 1e-4 },
+  // bf16 mode (RankModel.setPrecision): every GEMM and attention operand is rounded to bf16, whose unit
+  // roundoff is u = 2^-9 ≈ 2e-3. The mean loss sees each rounding averaged over the batch: 2u = 2^-8
+  // (measured ≤ 9e-4). A gradient is a chain of products whose every operand was rounded on the way
+  // forward and back: in these 2-layer fixtures the deepest one (layer 0's q/k projections) passes
+  // about 16 rounded operands, so 32u = 2^-4 relative L2 (measured ≤ 0.04). Ten AdamW steps on
+  // gradients of that accuracy stay within 8u = 2^-6 of the float64 losses (measured ≤ 6.5e-3).
+  { label: 'bf16 mixed precision, default backend', be: () => selectBackend(undefined, { quiet: true }), bf16: true, lossTol: 2 ** -8, gradTol: 2 ** -4, trainTol: 2 ** -6 },
 ];
 
 describe('PyTorch reference fixtures', () => {
@@ -95,6 +103,7 @@ describe('PyTorch reference fixtures', () => {
         assert.equal(c.cfg.shared, c.expected.shared);
         assert.equal(c.B * c.T, c.expected.n_tokens);
         const vm = build(c, prec.be());
+        if (prec.bf16) for (const m of vm.ranks) m.setPrecision('bf16');
         const loss = await vm.lossAndGrads(c.inputs, c.targets, c.B, c.T);
         const lossErr = Math.abs(loss - c.expected.loss) / Math.abs(c.expected.loss);
         assert.ok(lossErr < prec.lossTol, `loss ${loss} vs ${c.expected.loss} (rel ${lossErr})`);
@@ -116,6 +125,7 @@ describe('PyTorch reference fixtures', () => {
         const t10 = c.train10!;
         const o = t10.optimizer;
         const vm = build(c, prec.be());
+        if (prec.bf16) for (const m of vm.ranks) m.setPrecision('bf16');
         const opts = vm.ranks.map((m) => new AdamW(m.params, m.grads, { beta1: o['beta1']!, beta2: o['beta2']!, eps: o['eps']!, weightDecay: o['weight_decay']! }, m.be));
         const losses: number[] = [];
         for (let step = 0; step <= 10; step++) {

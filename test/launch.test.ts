@@ -221,6 +221,57 @@ describe('training across processes equals virtual ranks bitwise', () => {
   });
 });
 
+describe('bf16 mode across transports equals virtual ranks bitwise', () => {
+  const bf = ['--precision', 'bf16'];
+  const ref16: Record<number, string> = {};
+  const refOf = (tp: number): string => {
+    if (!ref16[tp]) {
+      const out = path.join(tmp, `virtual${tp}-bf16`);
+      const r = run(small(out, tp, ['--workers', '0', ...bf]));
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /precision: bf16 mixed/);
+      ref16[tp] = out;
+    }
+    return ref16[tp]!;
+  };
+  const same = (got: string, tp: number, what: string): void => {
+    const want = refOf(tp);
+    assert.deepEqual(losses(got).map((x) => [x.step, x.loss]), losses(want).map((x) => [x.step, x.loss]), `${what}: losses differ from the bf16 virtual-rank run`);
+    assert.ok(modelBytes(got, 3).equals(modelBytes(want, 3)), `${what}: checkpoint differs from the bf16 virtual-rank run`);
+  };
+
+  test('TP 2 and 4, p 0.5: worker threads, caat launch (TCP) and mpirun give the bits of virtual ranks', () => {
+    for (const tp of [2, 4]) {
+      // bf16 really is another computation, and its forward block traffic is half of fp32's.
+      const want = refOf(tp);
+      assert.notDeepEqual(losses(want).map((x) => x.loss), losses(reference[tp]!).map((x) => x.loss), `TP ${tp}: bf16 losses equal fp32's`);
+      const m16 = JSON.parse(fs.readFileSync(path.join(want, 'metrics.jsonl'), 'utf8').split('\n')[0]!) as Record<string, number>;
+      const m32 = JSON.parse(fs.readFileSync(path.join(reference[tp]!, 'metrics.jsonl'), 'utf8').split('\n')[0]!) as Record<string, number>;
+      assert.equal(m16['comm_bytes_fwd_shared']! * 2, m32['comm_bytes_fwd_shared']!, `TP ${tp}: forward block bytes`);
+      assert.equal(m16['comm_bytes_bwd_shared'], m32['comm_bytes_bwd_shared'], `TP ${tp}: backward block bytes stay fp32`);
+      const runJson = JSON.parse(fs.readFileSync(path.join(want, 'run.json'), 'utf8')) as { train: { precision: string } };
+      assert.equal(runJson.train.precision, 'bf16');
+
+      const threads = path.join(tmp, `threads${tp}-bf16`);
+      const t = run(small(threads, tp, ['--workers', '2', ...bf]));
+      assert.equal(t.status, 0, t.stderr);
+      same(threads, tp, `TP ${tp} worker threads`);
+
+      const launch = path.join(tmp, `launch${tp}-bf16`);
+      const l = run(['launch', '--nproc', '2', '--', ...small(launch, tp, bf)]);
+      assert.equal(l.status, 0, l.stderr);
+      same(launch, tp, `TP ${tp} caat launch --nproc 2 (TCP)`);
+
+      if (onPath('mpirun')) {
+        const mpi = path.join(tmp, `mpirun${tp}-bf16`);
+        const m = run(small(mpi, tp, bf), {}, ['mpirun', '--allow-run-as-root', '--oversubscribe', '-np', String(tp), '-x', 'CAAT_BACKEND', process.execPath, cli]);
+        assert.equal(m.status, 0, m.stdout + m.stderr);
+        same(mpi, tp, `TP ${tp} mpirun -np ${tp}`);
+      }
+    }
+  });
+});
+
 describe('refusals and failures', () => {
   test('a rank with a different configuration is refused: both sides show the difference and exit non-zero', async () => {
     const out = path.join(tmp, 'mismatch');

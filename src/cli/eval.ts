@@ -16,7 +16,7 @@ import { loadTokenizer } from '../data/tokenizers.js';
 import { scoreRequests, DEFAULT_BATCH_TOKENS, type Scores } from '../eval/scorer.js';
 import type { PlacementFlags } from '../placement/run.js';
 import { processMode } from '../train/process-host.js';
-import { loadRun } from './infer.js';
+import { loadPrecision, loadRun } from './infer.js';
 import { UserError } from './run.js';
 import { num } from './train.js';
 
@@ -33,6 +33,7 @@ export interface EvalFlags extends PlacementFlags {
   batchTokens?: string;
   proxyItems?: string;
   proxySeed?: string;
+  precision?: string;
   bootstrapIters?: string;
 }
 
@@ -92,7 +93,9 @@ async function taskEval(f: EvalFlags): Promise<void> {
   const batchTokens = posInt('batch-tokens', f.batchTokens) ?? DEFAULT_BATCH_TOKENS;
   const bootstrapIters = num('bootstrap-iters', f.bootstrapIters) ?? 100000;
   const runJson = readRunJson(f.run);
-  const run = loadRun(f.run, f);
+  const precision = loadPrecision(f.precision);
+  if (precision === 'bf16' && workers > 0) throw new UserError('--precision bf16 with --tasks scores on virtual ranks or processes; drop --workers');
+  const run = loadRun(f.run, f, precision);
   const tp = run.cfg.parallel.tp;
   if (workers > 0 && tp % workers !== 0) throw new UserError(`--workers ${workers} must divide the TP degree ${tp} (each worker hosts tp/workers ranks)`);
   const L = run.cfg.model.seqLen;
@@ -148,7 +151,8 @@ function printRecords(records: MetricRecord[], json: boolean, header: string): v
 
 /** Validation loss, perplexity and bits per byte on the held-out split (one JSON object with --json). */
 async function lossEval(f: EvalFlags): Promise<void> {
-  const run = loadRun(f.run, f);
+  const precision = loadPrecision(f.precision);
+  const run = loadRun(f.run, f, precision);
   const runJson = readRunJson(f.run);
   const data = prepareData({
     corpus: runJson.data.corpus,
@@ -179,11 +183,12 @@ async function lossEval(f: EvalFlags): Promise<void> {
     perplexity: Math.exp(loss),
     bits_per_byte: bitsPerByte(loss, data.val),
     unigram_entropy_nats: unigramEntropy(data.train.tokens).natsPerToken,
+    precision,
   };
   if (f.json) process.stdout.write(`${JSON.stringify(result)}\n`);
   else {
     process.stdout.write(
-      `step ${result.step}  TP ${result.tp}  p ${result.p}\n` +
+      `step ${result.step}  TP ${result.tp}  p ${result.p}  ${precision}\n` +
         `validation loss  ${loss.toFixed(4)} nats/token over ${tokens} tokens\n` +
         `perplexity       ${result.perplexity.toFixed(2)}\n` +
         `bits per byte    ${result.bits_per_byte.toFixed(4)}\n` +

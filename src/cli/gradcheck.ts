@@ -8,6 +8,51 @@ import { loadModelFile } from '../io/checkpoint.js';
 import { formatZodError } from '../model/config.js';
 import { VirtualModel } from '../model/harness.js';
 import { readJsonFile, UserError } from './run.js';
+import { loadPrecision } from './infer.js';
+import type { Backend } from '../backend/types.js';
+import type { ResolvedConfig } from '../model/config.js';
+import { describePrecision } from '../model/precision.js';
+
+async function lossAndNorms(cfg: ResolvedConfig, be: Backend, params: Map<string, ArrayLike<number>>, precision: 'fp32' | 'bf16', inp: Int32Array, tgt: Int32Array, B: number, T: number): Promise<{ loss: number; norms: Record<string, number> }> {
+  const vm = new VirtualModel(cfg, be);
+  for (const m of vm.ranks) {
+    m.loadFull((s) => params.get(s.name)!);
+    m.setPrecision(precision);
+  }
+  const loss = await vm.lossAndGrads(inp, tgt, B, T);
+  const norms: Record<string, number> = {};
+  for (const spec of vm.ranks[0]!.specs) {
+    const g = vm.full('grads', spec.name);
+    let s = 0;
+    for (let i = 0; i < g.length; i++) s += g[i]! * g[i]!;
+    norms[spec.name] = Math.sqrt(s);
+  }
+  return { loss, norms };
+}
+
+/**
+ * gradcheck --precision bf16: the bf16 forward/backward next to the fp32 one on the same checkpoint and
+ * batch, with the relative difference of the loss and of every gradient norm (finite differences stay
+ * the float64 path's business: bf16 rounding makes them meaningless).
+ */
+async function gradcheckBf16(f: GradcheckFlags, cfg: ResolvedConfig, be: Backend, params: Map<string, ArrayLike<number>>, inp: Int32Array, tgt: Int32Array, B: number, T: number): Promise<void> {
+  if (!f.json) process.stderr.write(`${describePrecision('bf16', be)}\n`);
+  const ref = await lossAndNorms(cfg, be, params, 'fp32', inp, tgt, B, T);
+  const got = await lossAndNorms(cfg, be, params, 'bf16', inp, tgt, B, T);
+  const rel = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30);
+  const normRel: Record<string, number> = {};
+  for (const k of Object.keys(ref.norms)) normRel[k] = rel(got.norms[k]!, ref.norms[k]!);
+  const out = {
+    loss: got.loss, grad_norms: got.norms, shared: cfg.shared, n_tokens: B * T,
+    config: { tp: cfg.parallel.tp, p: cfg.parallel.p, private_scale: cfg.parallel.privateScale, backend: be.name, precision: 'bf16' },
+    fp32: { loss: ref.loss, loss_rel_diff: rel(got.loss, ref.loss), grad_norm_rel_diff: normRel },
+  };
+  if (f.json) process.stdout.write(`${JSON.stringify(out)}\n`);
+  else {
+    process.stdout.write(`loss ${got.loss} (fp32 ${ref.loss}, relative difference ${out.fp32.loss_rel_diff.toExponential(2)})\nshared ${cfg.shared} of ${cfg.model.hidden} channels, ${B * T} tokens\n`);
+    for (const [k, v] of Object.entries(got.norms)) process.stdout.write(`${k.padEnd(48)} ${v}  (vs fp32 ${normRel[k]!.toExponential(2)})\n`);
+  }
+}
 
 const TokensSchema = z
   .object({ inputs: z.array(z.array(z.number().int().nonnegative())).min(1), targets: z.array(z.array(z.number().int().nonnegative())).min(1) })
@@ -21,6 +66,7 @@ export interface GradcheckFlags {
   json?: boolean;
   transport?: string;
   commTimeout?: string;
+  precision?: string;
 }
 
 export async function gradcheckCommand(f: GradcheckFlags): Promise<void> {
@@ -48,6 +94,11 @@ export async function gradcheckCommand(f: GradcheckFlags): Promise<void> {
   if (launched) quietUnlessRankZero(launched);
   const be = selectBackend(f.backend, { quiet: f.json === true });
   const workers = f.workers === undefined ? 0 : Number(f.workers);
+  const precision = loadPrecision(f.precision);
+  if (precision === 'bf16') {
+    if (launched || (workers > 0 && cfg.parallel.tp > 1)) throw new UserError('gradcheck --precision bf16 runs on virtual ranks in one process; drop --workers and the launcher');
+    return gradcheckBf16(f, cfg, be, params, inp, tgt, B, T);
+  }
   let loss: number;
   let norms: Record<string, number>;
   if (launched) {

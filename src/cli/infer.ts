@@ -4,6 +4,9 @@
  * a launcher), then sample.
  */
 import { selectBackend } from '../backend/index.js';
+import { roundBf16InPlace } from '../backend/bf16.js';
+import type { Precision } from '../model/model.js';
+import { describePrecision } from '../model/precision.js';
 import type { Tokenizer } from '../data/tokenizer.js';
 import type { ResolvedConfig } from '../model/config.js';
 import { VirtualModel } from '../model/harness.js';
@@ -23,13 +26,43 @@ export interface LoadedRun {
   step: number;
 }
 
-export function loadRun(runDir: string, flags: PlacementFlags): LoadedRun {
+/**
+ * Load a run's latest checkpoint onto this process's ranks. `precision` bf16 runs the forward in bf16
+ * mixed precision (whatever precision the checkpoint was trained in: checkpoints hold float32 masters).
+ */
+export function loadRun(runDir: string, flags: PlacementFlags, precision: Precision = 'fp32'): LoadedRun {
   // Under a launcher: this process hosts its ranks (src/train/process-host.ts); other ranks stay quiet.
   const run = openRunForInference(runDir, flags);
   const be = selectBackend(flags.backend);
   const vm = run.launched ? processModel(run.cfg, be, run.launched, { run: runDir, step: run.step, flags }) : new VirtualModel(run.cfg, be);
-  for (const m of vm.ranks) m.loadFull((s) => run.params.get(s.name)!);
+  for (const m of vm.ranks) {
+    m.loadFull((s) => run.params.get(s.name)!);
+    m.setPrecision(precision);
+  }
+  if (precision !== 'fp32' && (!run.launched || run.launched.launch.rank === 0)) process.stderr.write(`${describePrecision(precision, be)}\n`);
   return { runDir, cfg: run.cfg, vm, tokenizer: run.tokenizer, step: run.step };
+}
+
+/** --precision of generate and eval: fp32 (the default) or bf16. */
+export function loadPrecision(v: string | undefined): Precision {
+  if (v === undefined || v === 'fp32') return 'fp32';
+  if (v === 'bf16') return 'bf16';
+  throw new UserError(`--precision: expected fp32 or bf16, got ${JSON.stringify(v)}`);
+}
+
+/**
+ * The parameters with every GEMM weight rounded to bf16 (generate --precision bf16: the decoding
+ * engine's batched forward runs float32 kernels, so bf16 mode there means bf16 weights; activations and
+ * the KV cache stay float32).
+ */
+export function bf16RoundedWeights<T extends ArrayLike<number>>(params: Map<string, T>): Map<string, Float32Array> {
+  const out = new Map<string, Float32Array>();
+  for (const [name, t] of params) {
+    const x = Float32Array.from(t);
+    if (/\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.weight$/.test(name) || name === 'lm_head.weight') roundBf16InPlace(x, x.length);
+    out.set(name, x);
+  }
+  return out;
 }
 
 export { sample, type SampleOptions } from '../infer/sampler.js';
@@ -42,9 +75,11 @@ export interface GenerateFlags extends PlacementFlags {
   topK: string;
   topP: string;
   seed: string;
+  precision?: string;
 }
 
 export async function generateCommand(f: GenerateFlags): Promise<void> {
+  const precision = loadPrecision(f.precision);
   const run = openRunForInference(f.run, f);
   if (run.idle) return;
   const o: SampleOptions = { temperature: num('temperature', f.temperature)!, topK: num('top-k', f.topK)!, topP: num('top-p', f.topP)! };
@@ -62,15 +97,18 @@ export async function generateCommand(f: GenerateFlags): Promise<void> {
   const maxLen = run.cfg.model.seqLen;
   if (ids.length >= maxLen) ids = ids.slice(ids.length - (maxLen - 1));
   const budget = Math.min(maxTokens, maxLen - ids.length);
+  if (precision === 'bf16' && (!run.launched || run.launched.launch.rank === 0)) {
+    process.stderr.write(`precision: bf16 weights (GEMM weights rounded to bf16; the decoding engine's activations and KV cache stay fp32)\n`);
+  }
   const host = placeRanks({
     cfg: run.cfg,
-    params: run.params,
+    params: precision === 'bf16' ? bf16RoundedWeights(run.params) : run.params,
     backend: f.backend,
     workers: run.workers,
     launched: run.launched,
     slots: 1,
     maxLen,
-    config: { command: 'generate', run: f.run, step: run.step, prompt: f.prompt, maxTokens, seed, ...o },
+    config: { command: 'generate', run: f.run, step: run.step, prompt: f.prompt, maxTokens, seed, precision, ...o },
   });
   if (!host.lead) return host.follow();
   process.stdout.write(f.prompt);

@@ -52,7 +52,8 @@ parallelOptions(
     .option('--seed <n>', 'seed of the weights and data order (default 1234)')
     .option('--workers <m>', 'worker threads hosting the ranks (must divide --tp; 0 = all ranks in the main thread)')
     .option('--cache-dir <dir>', 'token cache folder (default .cache/caatnet)')
-    .option('--eval-tasks <list>', 'score these zero-shot tasks (as caat eval --tasks) at every validation step into metrics.jsonl'),
+    .option('--eval-tasks <list>', 'score these zero-shot tasks (as caat eval --tasks) at every validation step into metrics.jsonl')
+    .option('--precision <p>', 'fp32, bf16 (mixed: fp32 master weights) or auto (default: bf16 where the backend has bf16 GEMM hardware, else fp32)'),
 ).action(async (opts) => runCli(async () => (await import('./train.js')).trainCommand(opts)));
 
 parallelOptions(
@@ -66,7 +67,8 @@ parallelOptions(
     .option('--top-k <n>', 'keep the k most likely tokens (0 = all)', '40')
     .option('--top-p <x>', 'nucleus sampling mass', '0.95')
     .option('--seed <n>', 'sampling seed', '0')
-    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)'),
+    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)')
+    .option('--precision <p>', 'fp32 (default) or bf16 (GEMM weights rounded to bf16; any checkpoint)'),
 ).action(async (opts) => runCli(async () => (await import('./infer.js')).generateCommand(opts)));
 
 parallelOptions(
@@ -86,7 +88,8 @@ parallelOptions(
     .option('--workers <m>', 'tasks: host the ranks on m worker threads (must divide --tp; default 0: virtual ranks in this thread)')
     .option('--proxy-items <n>', 'items per proxy task (default 1000)')
     .option('--proxy-seed <n>', 'seed of the proxy tasks (default 1234)')
-    .option('--bootstrap-iters <n>', 'bootstrap resamples for the perplexity stderr (default 100000)'),
+    .option('--bootstrap-iters <n>', 'bootstrap resamples for the perplexity stderr (default 100000)')
+    .option('--precision <p>', 'fp32 (default) or bf16 mixed precision forward (any checkpoint)'),
 ).action(async (opts) => runCli(async () => (await import('./eval.js')).evalCommand(opts)));
 
 parallelOptions(
@@ -123,6 +126,7 @@ program
   .option('--json', 'print one JSON object')
   .option('--transport <kind>', 'tcp (one rank per process, under a launcher), mpi (under mpirun), threads or virtual')
   .option('--comm-timeout <seconds>', 'processes: collective and rendezvous timeout (default 30)')
+  .option('--precision <p>', 'fp32 (default) or bf16: the bf16 forward/backward with its relative difference to fp32 (virtual ranks)')
   .action(async (opts) => runCli(async () => (await import('./gradcheck.js')).gradcheckCommand(opts)));
 
 program
@@ -170,11 +174,12 @@ bench
 
 bench
   .command('train')
-  .description('training throughput at TP 1: tokens/s, ms per step, share of step time in GEMM')
+  .description('training throughput at TP 1: tokens/s, ms per step, share of step time in GEMM, attention and the largest other kernels')
   .option('--json', 'one JSON object per line')
   .option('--config <names>', 'tiny, small or both (comma-separated)', 'tiny,small')
   .option('--backend <names>', 'comma-separated backends (default: the fastest available)')
   .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '3')
+  .option('--precision <list>', 'fp32, bf16 or fp32,bf16 (both, with the bf16/fp32 ratio)', 'fp32')
   .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTrainCommand(opts)));
 
 bench
@@ -222,6 +227,7 @@ bench
   .option('--tp <n>', 'TP degree to compare with TP = 1', '2')
   .option('--backend <name>', 'compute backend (default: the fastest available)')
   .option('--steps <n>', 'timed steps after one warm-up step (median reported)', '4')
+  .option('--precision <list>', 'fp32, bf16 or fp32,bf16 (rows for each, with activation memory per rank)', 'fp32')
   .action(async (opts) => runCli(async () => (await import('../bench/train.js')).benchTpCommand(opts)));
 
 bench

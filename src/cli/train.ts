@@ -10,6 +10,7 @@ import { parseTrainConfig } from '../train/config.js';
 import { train, type RunSpec } from '../train/trainer.js';
 import { splitTaskList } from '../eval/run.js';
 import { readJsonFile, UserError } from './run.js';
+import { isPrecisionChoice, type PrecisionChoice } from '../model/precision.js';
 
 /** The default model: ~1.8M parameters with the default 4096-token BPE. */
 export const DEFAULT_MODEL = { hidden: 128, layers: 4, heads: 8, kvHeads: 4, ffn: 384, seqLen: 128 };
@@ -69,6 +70,14 @@ export interface TrainFlags {
   transport?: string;
   commTimeout?: string;
   evalTasks?: string;
+  precision?: string;
+}
+
+/** --precision: fp32, bf16 or auto (UserError naming the flag otherwise). */
+export function precisionFlag(v: string | undefined): PrecisionChoice | undefined {
+  if (v === undefined) return undefined;
+  if (!isPrecisionChoice(v)) throw new UserError(`--precision: expected fp32, bf16 or auto, got ${JSON.stringify(v)}`);
+  return v;
 }
 
 /** Parse a numeric flag strictly: "--lr abc" is an error naming the flag. */
@@ -126,6 +135,7 @@ export function buildRunSpec(f: TrainFlags): RunSpec {
         ckptEvery: num('ckpt-every', f.ckptEvery),
         keepCheckpoints: num('keep-checkpoints', f.keepCheckpoints),
         seed: num('seed', f.seed),
+        precision: precisionFlag(f.precision),
       }),
       ...(f.seqLen !== undefined ? { seqLen: num('seq-len', f.seqLen) } : {}),
     },

@@ -13,9 +13,10 @@
 import type { Backend, FloatArray } from '../backend/types.js';
 import { ropeTables } from '../backend/js.js';
 import type { Communicator } from '../tp/comm.js';
-import { embeddingReduce, partialAllReduce, vocabParallelArgmax, vocabParallelMax, vocabParallelSums } from '../tp/ops.js';
+import { attentionBackwardBf16, attentionForwardBf16 } from '../backend/bf16.js';
+import { embeddingReduce, embeddingReduceBf16, partialAllReduce, partialAllReduceBf16, vocabParallelArgmax, vocabParallelMax, vocabParallelSums } from '../tp/ops.js';
 import type { ResolvedConfig } from './config.js';
-import { initFull, ParamSet, type ParamSpec, paramSpecs, sliceShard } from './params.js';
+import { initFull, localShape, ParamSet, type ParamSpec, paramSpecs, sliceShard } from './params.js';
 
 /** The buffers one block reads and writes (see RankModel.block). */
 interface BlockBuffers {
@@ -109,6 +110,96 @@ class Acts {
   }
 }
 
+/** Training precision: fp32 everywhere, or bf16 mixed precision (see RankModel.setPrecision). */
+export type Precision = 'fp32' | 'bf16';
+
+export const PRECISIONS: readonly Precision[] = ['fp32', 'bf16'];
+
+/** bf16 copies of the GEMM weights (the embedding table and the norm gains stay float32 only). */
+interface Views16 {
+  layers: { wq: Uint16Array; wk: Uint16Array; wv: Uint16Array; wo: Uint16Array; wgate: Uint16Array; wup: Uint16Array; wdown: Uint16Array }[];
+  lmHead: Uint16Array;
+}
+
+/** Rows per piece where bf16 mode widens or rounds through a small float32 scratch. */
+const BF16_CHUNK_ROWS = 64;
+
+/** Rows per piece of the bf16 LM-head backward (its logit gradients exist one piece at a time). */
+const LM_CHUNK_ROWS = 256;
+
+/**
+ * Activations of a bf16-mode forward, kept for the backward: every GEMM input in bf16 (the normalised
+ * streams, q, k, v, the attention probabilities and output, gate, up and the SwiGLU output), the
+ * residual stream, the RMSNorm statistics and the logits in float32. The float32 backward scratch
+ * doubles as the forward's scratch for GEMM outputs before they are rounded.
+ */
+class Acts16 {
+  readonly resid: Float32Array[]; readonly residMid: Float32Array[];
+  readonly rstd1: Float32Array[]; readonly rstd2: Float32Array[];
+  readonly ln1: Uint16Array[]; readonly ln2: Uint16Array[];
+  readonly q: Uint16Array[]; readonly k: Uint16Array[]; readonly v: Uint16Array[];
+  readonly att: Uint16Array[]; readonly attnOut: Uint16Array[];
+  readonly gate: Uint16Array[]; readonly up: Uint16Array[]; readonly sw: Uint16Array[];
+  readonly lnf: Uint16Array; readonly rstdf: Float32Array;
+  readonly logits: Float32Array;
+  readonly rowMax: Float32Array; readonly sums: Float32Array; readonly lse: Float32Array;
+  readonly o: Float32Array; readonly pack: Float32Array; readonly pack16: Uint16Array;
+  // backward scratch (float32), also the forward's GEMM-output scratch; gTmp and uTmp hold
+  // BF16_CHUNK_ROWS rows, dlogits and dlogits16 LM_CHUNK_ROWS rows
+  readonly dresid: Float32Array; readonly dln: Float32Array; readonly dO: Float32Array;
+  readonly dq: Float32Array; readonly dk: Float32Array; readonly dv: Float32Array; readonly dAttnOut: Float32Array;
+  readonly scores: Float32Array; readonly p32: Float32Array;
+  readonly gTmp: Float32Array; readonly uTmp: Float32Array;
+  readonly dgate: Float32Array; readonly dup: Float32Array; readonly dsw: Float32Array;
+  readonly dlogits: Float32Array;
+  // backward scratch (bf16): gradients rounded for the GEMMs
+  readonly dO16: Uint16Array; readonly dAttnOut16: Uint16Array; readonly dS16: Uint16Array;
+  readonly dq16: Uint16Array; readonly dk16: Uint16Array; readonly dv16: Uint16Array;
+  readonly dgate16: Uint16Array; readonly dup16: Uint16Array; readonly dlogits16: Uint16Array;
+
+  constructor(a: (n: number) => Float32Array, b: (n: number) => Uint16Array, cfg: ResolvedConfig, readonly B: number, readonly T: number) {
+    const BT = B * T;
+    const h = cfg.model.hidden;
+    const L = cfg.model.layers;
+    const HD = cfg.headDim;
+    const qd = cfg.local.heads * HD;
+    const kvd = cfg.local.kvHeads * HD;
+    const F = cfg.local.ffn;
+    const Vl = cfg.local.vocab;
+    const per = <X>(f: (n: number) => X, n: number, count = L) => Array.from({ length: count }, () => f(n));
+    this.resid = per(a, BT * h, L + 1); this.residMid = per(a, BT * h);
+    this.rstd1 = per(a, BT); this.rstd2 = per(a, BT);
+    this.ln1 = per(b, BT * h); this.ln2 = per(b, BT * h);
+    this.q = per(b, BT * qd); this.k = per(b, BT * kvd); this.v = per(b, BT * kvd);
+    this.att = per(b, B * cfg.local.heads * T * T); this.attnOut = per(b, BT * qd);
+    this.gate = per(b, BT * F); this.up = per(b, BT * F); this.sw = per(b, BT * F);
+    this.lnf = b(BT * h); this.rstdf = a(BT);
+    this.logits = a(BT * Vl);
+    this.rowMax = a(BT); this.sums = a(2 * BT); this.lse = a(BT);
+    this.o = a(BT * h); this.pack = a(BT * h); this.pack16 = b(BT * h);
+    this.dresid = a(BT * h); this.dln = a(BT * h); this.dO = a(BT * h);
+    this.dq = a(BT * qd); this.dk = a(BT * kvd); this.dv = a(BT * kvd); this.dAttnOut = a(BT * qd);
+    this.scores = a(T * T); this.p32 = a(T * T);
+    const chunk = Math.min(BT, BF16_CHUNK_ROWS);
+    this.gTmp = a(chunk * F); this.uTmp = a(chunk * F);
+    this.dgate = a(BT * F); this.dup = a(BT * F); this.dsw = a(BT * F);
+    const lmChunk = Math.min(BT, LM_CHUNK_ROWS);
+    this.dlogits = a(lmChunk * Vl);
+    this.dO16 = b(BT * h); this.dAttnOut16 = b(BT * qd); this.dS16 = b(T * T);
+    this.dq16 = b(BT * qd); this.dk16 = b(BT * kvd); this.dv16 = b(BT * kvd);
+    this.dgate16 = b(BT * F); this.dup16 = b(BT * F); this.dlogits16 = b(lmChunk * Vl);
+  }
+
+  /** Hand the float32 buffers back to the backend (the bf16 ones belong to the garbage collector). */
+  release(be: Backend): void {
+    for (const v of Object.values(this) as unknown[]) {
+      if (Array.isArray(v)) {
+        for (const x of v) if (x instanceof Float32Array) be.release(x);
+      } else if (v instanceof Float32Array) be.release(v);
+    }
+  }
+}
+
 /** Communication tags (bytes are counted per tag). */
 export const TAGS = {
   embedFwd: 'embed.fwd',
@@ -160,6 +251,10 @@ export class RankModel {
   private readonly cos: FloatArray;
   private readonly sin: FloatArray;
   private acts?: Acts;
+  private acts16?: Acts16;
+  /** The GEMM and activation precision of forward/backward (master weights and gradients stay float32). */
+  private prec: Precision = 'fp32';
+  private w16?: Views16;
 
   constructor(
     readonly cfg: ResolvedConfig,
@@ -218,6 +313,59 @@ export class RankModel {
     for (const spec of this.specs) sliceShard(spec, get(spec), this.N, this.rank, this.params.get(spec.name));
   }
 
+  get precision(): Precision {
+    return this.prec;
+  }
+
+  /**
+   * Choose the precision of forward and backward. bf16 (mixed precision, the reference's recipe):
+   * float32 master weights, gradients and optimiser state; bf16 copies of the GEMM weights, rounded
+   * from the masters at the start of every forward (so after each optimiser step); every GEMM on bf16
+   * operands with float32 output (`Backend.gemmBf16`); the activations the backward needs kept in bf16
+   * except the residual stream, RMSNorm statistics and logits (float32); RMSNorm, softmax,
+   * cross-entropy and RoPE computed in float32; attention's products on bf16 q, k, v and probabilities;
+   * the forward partial all-reduces and the embedding all-reduce carry bf16, the backward reductions
+   * float32. Needs a float32 backend.
+   */
+  setPrecision(p: Precision): void {
+    if (p !== 'fp32' && p !== 'bf16') throw new Error(`unknown precision ${JSON.stringify(p)} (expected fp32 or bf16)`);
+    if (p === 'bf16' && !(this.params.flat instanceof Float32Array)) throw new Error('bf16 precision needs a float32 backend (float64 is for finite-difference gradient checks)');
+    if (p === this.prec) return;
+    this.acts?.release(this.be);
+    this.acts = undefined;
+    this.acts16?.release(this.be);
+    this.acts16 = undefined;
+    this.prec = p;
+  }
+
+  /**
+   * Round the float32 master GEMM weights into their bf16 copies. Every bf16 forward starts with it, so
+   * the copies always follow the masters (after each optimiser step, load or edit) and the backward
+   * uses exactly the weights its forward used.
+   */
+  private refreshBf16Weights(): Views16 {
+    const w = this.w;
+    const conv = (src: FloatArray, dst?: Uint16Array): Uint16Array => {
+      const out = dst ?? new Uint16Array(src.length);
+      this.be.toBf16(out, src as Float32Array, src.length);
+      return out;
+    };
+    if (!this.w16) {
+      this.w16 = {
+        layers: w.layers.map((lw) => ({ wq: conv(lw.wq), wk: conv(lw.wk), wv: conv(lw.wv), wo: conv(lw.wo), wgate: conv(lw.wgate), wup: conv(lw.wup), wdown: conv(lw.wdown) })),
+        lmHead: conv(w.lmHead),
+      };
+    } else {
+      w.layers.forEach((lw, l) => {
+        const d = this.w16!.layers[l]!;
+        conv(lw.wq, d.wq); conv(lw.wk, d.wk); conv(lw.wv, d.wv); conv(lw.wo, d.wo);
+        conv(lw.wgate, d.wgate); conv(lw.wup, d.wup); conv(lw.wdown, d.wdown);
+      });
+      conv(w.lmHead, this.w16.lmHead);
+    }
+    return this.w16;
+  }
+
   zeroGrad(): void {
     this.grads.flat.fill(0);
   }
@@ -237,6 +385,7 @@ export class RankModel {
    * B·T positions (identical on every rank). Saves activations for `backward`.
    */
   async forward(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
+    if (this.prec === 'bf16') return this.forwardBf16(inputs, targets, B, T);
     const { be, comm, cfg, w } = this;
     const a = this.actsFor(B, T);
     const BT = B * T;
@@ -299,7 +448,153 @@ export class RankModel {
     be.add(b.xOut, b.xMid, b.o, BT * h);
   }
 
-  private async crossEntropy(a: Acts, targets: Int32Array, BT: number, Vl: number): Promise<number> {
+  private actsFor16(B: number, T: number): Acts16 {
+    if (T > this.cfg.model.seqLen) throw new Error(`sequence length ${T} exceeds the model's seqLen ${this.cfg.model.seqLen}`);
+    if (!this.acts16 || this.acts16.B !== B || this.acts16.T !== T) {
+      this.acts16?.release(this.be);
+      this.acts16 = undefined;
+      this.acts16 = new Acts16((n) => this.be.alloc(n) as Float32Array, (n) => new Uint16Array(n), this.cfg, B, T);
+    }
+    return this.acts16;
+  }
+
+  /** `forward` in bf16 mode (see setPrecision). */
+  private async forwardBf16(inputs: Int32Array, targets: Int32Array, B: number, T: number): Promise<number> {
+    const { be, comm, cfg } = this;
+    const w = this.w;
+    const w16 = this.refreshBf16Weights();
+    const a = this.actsFor16(B, T);
+    const BT = B * T;
+    const { h, HD, NHl, NKVl, qd, kvd, F, Vl, s, c, eps } = this.dims;
+    const cos = this.cos as Float32Array;
+    const sin = this.sin as Float32Array;
+
+    be.embeddingForward(a.resid[0]!, w.embed, inputs, BT, h, this.vocabStart, Vl);
+    await embeddingReduceBf16(comm, be, a.resid[0]!, BT * h, a.pack16, TAGS.embedFwd);
+
+    for (let l = 0; l < cfg.model.layers; l++) {
+      const lw = w.layers[l]!;
+      const l16 = w16.layers[l]!;
+      const x = a.resid[l]!;
+      const xMid = a.residMid[l]!;
+      // --- attention half (float32 scratch: dln, dq, dk, dv, dAttnOut) ---
+      be.rmsnormForward(a.dln, a.rstd1[l]!, x, lw.ln1, BT, h, eps);
+      be.toBf16(a.ln1[l]!, a.dln, BT * h);
+      be.gemmBf16(false, true, BT, qd, h, 1, a.ln1[l]!, 0, h, l16.wq, 0, h, 0, a.dq, 0, qd);
+      be.ropeForward(a.dq, cos, sin, B, T, NHl, HD, 0);
+      be.toBf16(a.q[l]!, a.dq, BT * qd);
+      be.gemmBf16(false, true, BT, kvd, h, 1, a.ln1[l]!, 0, h, l16.wk, 0, h, 0, a.dk, 0, kvd);
+      be.ropeForward(a.dk, cos, sin, B, T, NKVl, HD, 0);
+      be.toBf16(a.k[l]!, a.dk, BT * kvd);
+      be.gemmBf16(false, true, BT, kvd, h, 1, a.ln1[l]!, 0, h, l16.wv, 0, h, 0, a.dv, 0, kvd);
+      be.toBf16(a.v[l]!, a.dv, BT * kvd);
+      attentionForwardBf16(be, a.dAttnOut, a.att[l]!, a.q[l]!, a.k[l]!, a.v[l]!, a.scores, B, T, T, NHl, NKVl, HD, T * kvd);
+      be.toBf16(a.attnOut[l]!, a.dAttnOut, BT * qd);
+      be.gemmBf16(false, true, BT, h, qd, 1, a.attnOut[l]!, 0, qd, l16.wo, 0, qd, 0, a.o, 0, h);
+      await partialAllReduceBf16(comm, be, a.o, BT, h, s, c, a.pack, a.pack16, TAGS.attnFwd);
+      be.add(xMid, x, a.o, BT * h);
+      // --- MLP half: gate and up rounded to bf16 first, so the backward sees what the forward used ---
+      be.rmsnormForward(a.dln, a.rstd2[l]!, xMid, lw.ln2, BT, h, eps);
+      be.toBf16(a.ln2[l]!, a.dln, BT * h);
+      be.gemmBf16(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, l16.wgate, 0, h, 0, a.dgate, 0, F);
+      be.toBf16(a.gate[l]!, a.dgate, BT * F);
+      be.fromBf16(a.dgate, a.gate[l]!, BT * F);
+      be.gemmBf16(false, true, BT, F, h, 1, a.ln2[l]!, 0, h, l16.wup, 0, h, 0, a.dup, 0, F);
+      be.toBf16(a.up[l]!, a.dup, BT * F);
+      be.fromBf16(a.dup, a.up[l]!, BT * F);
+      be.swigluForward(a.dsw, a.dgate, a.dup, BT * F);
+      be.toBf16(a.sw[l]!, a.dsw, BT * F);
+      be.gemmBf16(false, true, BT, h, F, 1, a.sw[l]!, 0, F, l16.wdown, 0, F, 0, a.o, 0, h);
+      await partialAllReduceBf16(comm, be, a.o, BT, h, s, c, a.pack, a.pack16, TAGS.mlpFwd);
+      be.add(a.resid[l + 1]!, xMid, a.o, BT * h);
+    }
+
+    const xL = a.resid[cfg.model.layers]!;
+    be.rmsnormForward(a.dln, a.rstdf, xL, w.norm, BT, h, eps);
+    be.toBf16(a.lnf, a.dln, BT * h);
+    be.gemmBf16(false, true, BT, Vl, h, 1, a.lnf, 0, h, w16.lmHead, 0, h, 0, a.logits, 0, Vl);
+    return this.crossEntropy(a, targets, BT, Vl);
+  }
+
+  /** `backward` in bf16 mode: GEMMs on bf16 operands (gradients rounded first), reductions in float32. */
+  private async backwardBf16(inputs: Int32Array, targets: Int32Array, lossScale: number): Promise<void> {
+    const { be, comm, cfg, w, g } = this;
+    const a = this.acts16;
+    const w16 = this.w16;
+    if (!a || !w16) throw new Error('backward called before forward');
+    const { B, T } = a;
+    const BT = B * T;
+    const { h, HD, NHl, NKVl, qd, kvd, F, Vl, s, c } = this.dims;
+    const L = cfg.model.layers;
+    const cos = this.cos as Float32Array;
+    const sin = this.sin as Float32Array;
+    const gf = (x: FloatArray) => x as Float32Array;
+
+    // Cross-entropy and LM head, LM_CHUNK_ROWS rows at a time: the float32 logit gradients of a piece,
+    // rounded to bf16, feed both GEMMs (the weight gradient accumulates over the pieces in order).
+    for (let r0 = 0; r0 < BT; r0 += LM_CHUNK_ROWS) {
+      const rows = Math.min(BT, r0 + LM_CHUNK_ROWS) - r0;
+      const o = r0 * Vl;
+      be.crossEntropyBackward(a.dlogits, a.logits.subarray(o, o + rows * Vl), targets.subarray(r0, r0 + rows), a.lse.subarray(r0, r0 + rows), rows, Vl, this.vocabStart, lossScale);
+      be.toBf16(a.dlogits16, a.dlogits, rows * Vl);
+      be.gemmBf16(true, false, Vl, h, rows, 1, a.dlogits16, 0, Vl, a.lnf, r0 * h, h, 1, gf(g.lmHead), 0, h);
+      be.gemmBf16(false, false, rows, h, Vl, 1, a.dlogits16, 0, Vl, w16.lmHead, 0, h, 0, a.dln, r0 * h, h);
+    }
+    a.dresid.fill(0);
+    be.rmsnormBackward(a.dresid, g.norm, a.dln, a.resid[L]!, w.norm, a.rstdf, BT, h);
+
+    for (let l = L - 1; l >= 0; l--) {
+      const lw = w.layers[l]!;
+      const l16 = w16.layers[l]!;
+      const lg = g.layers[l]!;
+      // --- MLP half ---
+      a.dO.set(a.dresid.subarray(0, BT * h));
+      await partialAllReduce(comm, be, a.dO, BT, h, s, c, a.pack, TAGS.mlpBwd);
+      be.toBf16(a.dO16, a.dO, BT * h);
+      be.gemmBf16(true, false, h, F, BT, 1, a.dO16, 0, h, a.sw[l]!, 0, F, 1, gf(lg.wdown), 0, F);
+      be.gemmBf16(false, false, BT, F, h, 1, a.dO16, 0, h, l16.wdown, 0, F, 0, a.dsw, 0, F);
+      for (let r0 = 0; r0 < BT; r0 += BF16_CHUNK_ROWS) {
+        const n = (Math.min(BT, r0 + BF16_CHUNK_ROWS) - r0) * F;
+        const o = r0 * F;
+        be.fromBf16(a.gTmp, a.gate[l]!.subarray(o, o + n), n);
+        be.fromBf16(a.uTmp, a.up[l]!.subarray(o, o + n), n);
+        be.swigluBackward(a.dgate.subarray(o, o + n), a.dup.subarray(o, o + n), a.dsw.subarray(o, o + n), a.gTmp, a.uTmp, n);
+      }
+      be.toBf16(a.dgate16, a.dgate, BT * F);
+      be.toBf16(a.dup16, a.dup, BT * F);
+      be.gemmBf16(true, false, F, h, BT, 1, a.dgate16, 0, F, a.ln2[l]!, 0, h, 1, gf(lg.wgate), 0, h);
+      be.gemmBf16(true, false, F, h, BT, 1, a.dup16, 0, F, a.ln2[l]!, 0, h, 1, gf(lg.wup), 0, h);
+      be.gemmBf16(false, false, BT, h, F, 1, a.dgate16, 0, F, l16.wgate, 0, h, 0, a.dln, 0, h);
+      be.gemmBf16(false, false, BT, h, F, 1, a.dup16, 0, F, l16.wup, 0, h, 1, a.dln, 0, h);
+      be.rmsnormBackward(a.dresid, lg.ln2, a.dln, a.residMid[l]!, lw.ln2, a.rstd2[l]!, BT, h);
+
+      // --- attention half ---
+      a.dO.set(a.dresid.subarray(0, BT * h));
+      await partialAllReduce(comm, be, a.dO, BT, h, s, c, a.pack, TAGS.attnBwd);
+      be.toBf16(a.dO16, a.dO, BT * h);
+      be.gemmBf16(true, false, h, qd, BT, 1, a.dO16, 0, h, a.attnOut[l]!, 0, qd, 1, gf(lg.wo), 0, qd);
+      be.gemmBf16(false, false, BT, qd, h, 1, a.dO16, 0, h, l16.wo, 0, qd, 0, a.dAttnOut, 0, qd);
+      be.toBf16(a.dAttnOut16, a.dAttnOut, BT * qd);
+      attentionBackwardBf16(be, a.dq, a.dk, a.dv, a.dAttnOut16, a.q[l]!, a.k[l]!, a.v[l]!, a.att[l]!, a.p32, a.scores, a.dS16, B, T, NHl, NKVl, HD);
+      be.ropeBackward(a.dq, cos, sin, B, T, NHl, HD, 0);
+      be.ropeBackward(a.dk, cos, sin, B, T, NKVl, HD, 0);
+      be.toBf16(a.dq16, a.dq, BT * qd);
+      be.toBf16(a.dk16, a.dk, BT * kvd);
+      be.toBf16(a.dv16, a.dv, BT * kvd);
+      be.gemmBf16(true, false, qd, h, BT, 1, a.dq16, 0, qd, a.ln1[l]!, 0, h, 1, gf(lg.wq), 0, h);
+      be.gemmBf16(true, false, kvd, h, BT, 1, a.dk16, 0, kvd, a.ln1[l]!, 0, h, 1, gf(lg.wk), 0, h);
+      be.gemmBf16(true, false, kvd, h, BT, 1, a.dv16, 0, kvd, a.ln1[l]!, 0, h, 1, gf(lg.wv), 0, h);
+      be.gemmBf16(false, false, BT, h, qd, 1, a.dq16, 0, qd, l16.wq, 0, h, 0, a.dln, 0, h);
+      be.gemmBf16(false, false, BT, h, kvd, 1, a.dk16, 0, kvd, l16.wk, 0, h, 1, a.dln, 0, h);
+      be.gemmBf16(false, false, BT, h, kvd, 1, a.dv16, 0, kvd, l16.wv, 0, h, 1, a.dln, 0, h);
+      be.rmsnormBackward(a.dresid, lg.ln1, a.dln, a.resid[l]!, lw.ln1, a.rstd1[l]!, BT, h);
+    }
+
+    await embeddingReduce(comm, a.dresid, BT * h, TAGS.embedBwd);
+    be.embeddingBackward(g.embed, a.dresid, inputs, BT, h, this.vocabStart, Vl);
+  }
+
+  private async crossEntropy(a: { rowMax: FloatArray; sums: FloatArray; logits: FloatArray; lse: FloatArray }, targets: Int32Array, BT: number, Vl: number): Promise<number> {
     const { be, comm } = this;
     be.rowMax(a.rowMax, a.logits, BT, Vl);
     await vocabParallelMax(comm, a.rowMax, BT, TAGS.ceMax);
@@ -321,6 +616,7 @@ export class RankModel {
    * micro-batches yields the gradient of the mean loss.
    */
   async backward(inputs: Int32Array, targets: Int32Array, lossScale: number): Promise<void> {
+    if (this.prec === 'bf16') return this.backwardBf16(inputs, targets, lossScale);
     const { be, comm, cfg, w, g } = this;
     const a = this.acts;
     if (!a) throw new Error('backward called before forward');
@@ -489,7 +785,7 @@ export class RankModel {
    * on ties), i.e. what a greedy decoder would pick. Identical on every rank (one MAX all-reduce).
    */
   async targetLogProbs(targets: Int32Array): Promise<{ logp: Float64Array; greedy: Uint8Array }> {
-    const a = this.acts;
+    const a = this.prec === 'bf16' ? this.acts16 : this.acts;
     if (!a) throw new Error('targetLogProbs called before forward');
     const BT = a.B * a.T;
     const Vl = this.cfg.local.vocab;
@@ -625,14 +921,16 @@ export class RankModel {
 
   /** This rank's logits [B·T, V/N] (vocab block r) from the last training forward. */
   logitsLocal(): FloatArray {
-    if (!this.acts) throw new Error('logitsLocal called before forward');
-    return this.acts.logits;
+    const a = this.prec === 'bf16' ? this.acts16 : this.acts;
+    if (!a) throw new Error('logitsLocal called before forward');
+    return a.logits;
   }
 
   /** The residual stream saved by the last forward: entry l is the input of layer l, entry L the output. */
   residualStreams(): FloatArray[] {
-    if (!this.acts) throw new Error('residualStreams called before forward');
-    return [...this.acts.resid, ...this.acts.residMid];
+    const a = this.prec === 'bf16' ? this.acts16 : this.acts;
+    if (!a) throw new Error('residualStreams called before forward');
+    return [...a.resid, ...a.residMid];
   }
 
   /** Bytes this rank holds for parameters and gradients (optimiser moments add 2× params). */
@@ -642,17 +940,59 @@ export class RankModel {
   }
 }
 
+/** The Acts/Acts16 fields that the forward saves for the backward (the rest are work buffers). */
+const SAVED = new Set(['resid', 'residMid', 'ln1', 'rstd1', 'q', 'k', 'v', 'att', 'attnOut', 'ln2', 'rstd2', 'gate', 'up', 'sw', 'lnf', 'rstdf', 'logits', 'rowMax', 'sums', 'lse']);
+
+export interface RankMemory {
+  params: number;
+  grads: number;
+  optimizer: number;
+  /** Every training buffer for (B, T): saved activations plus work buffers. */
+  activations: number;
+  /** Of those, the tensors the forward keeps for the backward. */
+  activationsSaved: number;
+  /** Of the saved ones, the logits (float32 in both precisions: cross-entropy runs in float32). */
+  logits: number;
+  /** The bf16 copies of the GEMM weights (bf16 mode only). */
+  bf16Weights: number;
+}
+
 /**
- * Float32 bytes one rank of this config holds: parameters, gradients, AdamW moments and the training
- * activations for (B, T). Counted by running the real allocation code against a counting allocator.
+ * Bytes one rank of this config holds: parameters, gradients and AdamW moments (float32), the training
+ * buffers for (B, T) in the given precision, and in bf16 mode the bf16 GEMM weights. Counted by running
+ * the real allocation code against a counting allocator.
  */
-export function rankMemoryBytes(cfg: ResolvedConfig, B: number, T: number): { params: number; grads: number; optimizer: number; activations: number } {
-  let count = 0;
-  const counter = { alloc: (n: number) => { count += n; return new Float32Array(0); } } as unknown as Backend;
-  new Acts(counter, cfg, B, T);
-  const acts = count;
-  count = 0;
-  new ParamSet(paramSpecs(cfg), cfg.parallel.tp, counter);
-  const params = count;
-  return { params: params * 4, grads: params * 4, optimizer: 2 * params * 4, activations: acts * 4 };
+export function rankMemoryBytes(cfg: ResolvedConfig, B: number, T: number, precision: Precision = 'fp32'): RankMemory {
+  const sizes = new Map<object, number>();
+  const f32 = (n: number): Float32Array => {
+    const x = new Float32Array(0);
+    sizes.set(x, 4 * n);
+    return x;
+  };
+  const u16 = (n: number): Uint16Array => {
+    const x = new Uint16Array(0);
+    sizes.set(x, 2 * n);
+    return x;
+  };
+  const counter = { alloc: f32 } as unknown as Backend;
+  const acts: object = precision === 'bf16' ? new Acts16(f32, u16, cfg, B, T) : new Acts(counter, cfg, B, T);
+  let all = 0;
+  let saved = 0;
+  let logits = 0;
+  for (const [name, v] of Object.entries(acts)) {
+    const bytes = (Array.isArray(v) ? v : [v]).reduce((t: number, x: unknown) => t + (sizes.get(x as object) ?? 0), 0);
+    all += bytes;
+    if (SAVED.has(name)) saved += bytes;
+    if (name === 'logits') logits = bytes;
+  }
+  const specs = paramSpecs(cfg);
+  let params = 0;
+  let gemmWeights = 0;
+  for (const sp of specs) {
+    const n = localShape(sp, cfg.parallel.tp).reduce((x, y) => x * y, 1);
+    params += n;
+    // bf16 mode adds a bf16 copy of every GEMM weight (all 2-D weights but the embedding table).
+    if (sp.shape.length === 2 && sp.name !== 'model.embed_tokens.weight') gemmWeights += n;
+  }
+  return { params: params * 4, grads: params * 4, optimizer: 2 * params * 4, activations: all, activationsSaved: saved, logits, bf16Weights: precision === 'bf16' ? gemmWeights * 2 : 0 };
 }

@@ -41,6 +41,15 @@ export interface Communicator {
   allReduce(buf: FloatArray, op: ReduceOp, tag: string, offset?: number, length?: number): Promise<void>;
 
   /**
+   * In place on bf16 bit patterns: buf[offset, offset+length) = bf16(Σ_r float32(x_r)), the sum taken in
+   * float32 in rank order (rounded to float32 after every addition, as `allReduce` does) and rounded to
+   * bf16 once at the end, so every rank and every transport gets the same bits. The payload is 2 bytes
+   * per element (counted as length · 2 bytes under `tag`); it travels as an all-gather of the bf16
+   * contributions, each rank summing them itself in the same order.
+   */
+  allReduceBf16(buf: Uint16Array, tag: string, offset?: number, length?: number): Promise<void>;
+
+  /**
    * inp holds size·n elements (n = out.length unless given); rank r receives in out[0, n) the sum over
    * ranks of their inp[r·n, (r+1)·n).
    */

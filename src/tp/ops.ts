@@ -68,6 +68,58 @@ export async function partialAllReduce(
   }
 }
 
+/**
+ * The forward partial all-reduce of bf16 mode, in place on the float32 buf [rows, h]: each rank rounds
+ * its shared prefix [0, s) to bf16, the bf16 contributions are summed in float32 in rank order and
+ * rounded once (Communicator.allReduceBf16, 2 bytes per element), and the result is widened back into
+ * buf; the private channels are scaled by c in float32 as in `partialAllReduce`. `pack16` is bf16
+ * scratch of at least rows·s elements.
+ */
+export async function partialAllReduceBf16(
+  comm: Communicator,
+  be: Backend,
+  buf: Float32Array,
+  rows: number,
+  h: number,
+  s: number,
+  c: number,
+  pack: Float32Array,
+  pack16: Uint16Array,
+  tag: string,
+): Promise<void> {
+  if (comm.size === 1) return;
+  if (s > 0) {
+    const n = rows * s;
+    if (s === h) be.toBf16(pack16, buf, n);
+    else {
+      for (let r = 0; r < rows; r++) pack.set(buf.subarray(r * h, r * h + s), r * s);
+      be.toBf16(pack16, pack, n);
+    }
+    await comm.allReduceBf16(pack16, tag, 0, n);
+    if (s === h) be.fromBf16(buf, pack16, n);
+    else {
+      be.fromBf16(pack, pack16, n);
+      for (let r = 0; r < rows; r++) buf.set(pack.subarray(r * s, r * s + s), r * h);
+    }
+  }
+  if (c !== 1 && s < h) {
+    const w = h - s;
+    for (let r = 0; r < rows; r++) be.scale(buf.subarray(r * h + s, r * h + h), c, w);
+  }
+}
+
+/**
+ * Embedding output in bf16 mode: every rank rounds its lookups to bf16, the all-reduce carries bf16
+ * (summed in float32 in rank order, rounded once) and the result is widened back into buf. `pack16`
+ * is bf16 scratch of at least n elements.
+ */
+export async function embeddingReduceBf16(comm: Communicator, be: Backend, buf: Float32Array, n: number, pack16: Uint16Array, tag: string): Promise<void> {
+  if (comm.size === 1) return;
+  be.toBf16(pack16, buf, n);
+  await comm.allReduceBf16(pack16, tag, 0, n);
+  be.fromBf16(buf, pack16, n);
+}
+
 /** Embedding output (forward) and block-0 entry gradient (backward): full all-reduce SUM. */
 export async function embeddingReduce(comm: Communicator, buf: FloatArray, n: number, tag: string): Promise<void> {
   if (comm.size > 1) await comm.allReduce(buf, 'sum', tag, 0, n);

@@ -34,6 +34,12 @@ export const TrainConfigSchema = z
     keepCheckpoints: z.number().int().nonnegative().default(3),
     /** Seed of the weights and the data order. */
     seed: z.number().int().nonnegative().default(1234),
+    /**
+     * GEMM and activation precision: fp32, or bf16 mixed precision (fp32 master weights, gradients and
+     * AdamW state). `auto` (the command line's default) is resolved to one of them when a run starts,
+     * so run.json records the precision used; library callers that leave it at auto get fp32.
+     */
+    precision: z.enum(['auto', 'fp32', 'bf16']).default('auto'),
   })
   .strict();
 

@@ -80,6 +80,7 @@ export interface StartState {
 export function createRankStates(cfg: ResolvedConfig, train: TrainConfig, be: Backend, comms: Communicator[], start: StartState): RankState[] {
   return comms.map((comm) => {
     const model = new RankModel(cfg, be, comm);
+    model.setPrecision(train.precision === 'bf16' ? 'bf16' : 'fp32');
     if (start.params) model.loadFull((s) => start.params!.get(s.name)!);
     else model.initFromSeed(train.seed);
     const opt = new AdamW(model.params, model.grads, { beta1: train.beta1, beta2: train.beta2, eps: train.eps, weightDecay: train.weightDecay }, be);

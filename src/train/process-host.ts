@@ -27,6 +27,7 @@
  */
 import { createHash } from 'node:crypto';
 import { selectBackend } from '../backend/index.js';
+import { describePrecision, resolvePrecision } from '../model/precision.js';
 import type { Backend, FloatArray } from '../backend/types.js';
 import { UserError } from '../cli/run.js';
 import type { FullTensors } from '../io/checkpoint.js';
@@ -259,6 +260,9 @@ export async function trainProcess(spec: RunSpec, opts: { runDir?: string; resum
   const tp = Number(spec.parallel['tp'] ?? 1);
   const myRanks = checkWorld(p, tp);
   const be = selectBackend(spec.backend, { quiet: !lead });
+  const precision = resolvePrecision(spec.train.precision, be);
+  log(describePrecision(precision, be, spec.train.precision));
+  spec = { ...spec, train: { ...spec.train, precision } };
   const config = {
     command: 'train',
     model: spec.model,
@@ -366,6 +370,9 @@ class PendingComm implements Communicator {
   }
   allGather(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
     return this.via((c) => c.allGather(out, inp, tag, n));
+  }
+  allReduceBf16(buf: Uint16Array, tag: string, offset?: number, length?: number): Promise<void> {
+    return this.via((c) => c.allReduceBf16(buf, tag, offset, length));
   }
   broadcast(buf: FloatArray, root: number, tag: string, offset?: number, length?: number): Promise<void> {
     return this.via((c) => c.broadcast(buf, root, tag, offset, length));

@@ -4,6 +4,7 @@
  * metrics.jsonl lines and atomically written checkpoints.
  */
 import { selectBackend } from '../backend/index.js';
+import { describePrecision, resolvePrecision } from '../model/precision.js';
 import type { Backend } from '../backend/types.js';
 import { TokenLoader, validationWindows, type LoaderState, type TokenArray } from '../data/dataset.js';
 import type { FullTensors } from '../io/checkpoint.js';
@@ -93,9 +94,12 @@ export async function train(spec: RunSpec, opts: { runDir?: string; resume?: str
   if (opts.process) return (await import('./process-host.js')).trainProcess(spec, opts, opts.process);
   const t0 = performance.now();
   const { runDir, start, tokenizer } = openRun(opts, true, log);
+  const be = selectBackend(spec.backend);
+  const precision = resolvePrecision(spec.train.precision, be);
+  log(describePrecision(precision, be, spec.train.precision));
+  spec = { ...spec, train: { ...spec.train, precision } };
   const { data, cfg } = prepareRun(spec, tokenizer, log);
   if (!opts.resume) writeRunFiles(runDir, spec, cfg, data.tokenizer);
-  const be = selectBackend(spec.backend);
   const threads = spec.workers > 0 && cfg.parallel.tp > 1;
   const tasks = prepareEvalTasks(spec, data, cfg, log);
   log(describeRun(cfg, data, threads ? ` on ${spec.workers} worker thread${spec.workers > 1 ? 's' : ''}` : cfg.parallel.tp > 1 ? ' as virtual ranks in one thread' : ''));

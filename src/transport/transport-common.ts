@@ -39,6 +39,8 @@ export interface CollectiveCall {
   offset: number;
   /** reduceScatter, allGather: the input. */
   inp: FloatArray | null;
+  /** Payload bytes to count instead of payloadBytes' rule (an allReduceBf16 carried by an all-gather). */
+  counted?: number;
 }
 
 /**
@@ -114,6 +116,7 @@ export function sameCall(a: CollectiveCall, b: CollectiveCall): boolean {
  */
 export function payloadBytes(c: CollectiveCall, size: number): number {
   if (size === 1 || c.kind === 'barrier') return 0;
+  if (c.counted !== undefined) return c.counted;
   const bpe = c.dtype === 'float64' ? 8 : 4;
   if (c.kind === 'reduceScatter' || c.kind === 'allGather') return size * c.n * bpe;
   return c.n * bpe;
@@ -163,6 +166,63 @@ export function makeBroadcast(buf: FloatArray, root: number, tag: string, size: 
 
 export function makeBarrier(tag: string): CollectiveCall {
   return { kind: 'barrier', op: '', tag, dtype: 'none', n: 0, root: -1, buf: null, offset: 0, inp: null };
+}
+
+/** What allReduceBf16Via hands to a transport's all-gather: n float32 slots, `counted` payload bytes. */
+export interface Bf16Gather {
+  out: Float32Array;
+  inp: Float32Array;
+  n: number;
+  counted: number;
+}
+
+/**
+ * `Communicator.allReduceBf16` on top of a transport's all-gather: the region's bf16 patterns are packed
+ * two per float32 slot (bytes copied, never read as numbers), all-gathered, and every rank sums the
+ * size contributions in float32 in rank order, then rounds once to bf16. `run(make)` issues the
+ * all-gather that `make` describes; `make` validates the arguments and may throw (inside the
+ * transport's call, so a bad call fails the whole group instead of leaving the others waiting).
+ */
+export async function allReduceBf16Via(
+  size: number,
+  run: (make: () => Bf16Gather) => Promise<void>,
+  buf: Uint16Array,
+  offset: number | undefined,
+  length: number | undefined,
+): Promise<void> {
+  let g: Bf16Gather | undefined;
+  let off = 0;
+  let len = 0;
+  await run(() => {
+    if (!(buf instanceof Uint16Array)) throw new TypeError('allReduceBf16: buf must be a Uint16Array of bf16 bit patterns');
+    off = offset ?? 0;
+    checkCount(off, 'allReduceBf16 offset');
+    len = length ?? buf.length - off;
+    checkCount(len, 'allReduceBf16 length');
+    if (off + len > buf.length) throw new RangeError(`allReduceBf16: region [${off}, ${off + len}) exceeds buffer length ${buf.length}`);
+    const slots = Math.ceil(len / 2);
+    const inp = new Float32Array(slots);
+    new Uint16Array(inp.buffer, 0, len).set(buf.subarray(off, off + len));
+    g = { out: new Float32Array(size * slots), inp, n: slots, counted: size === 1 ? 0 : len * 2 };
+    return g;
+  });
+  if (size === 1 || len === 0 || !g) return;
+  const all = new Uint16Array(g.out.buffer);
+  const stride = 2 * g.n;
+  const acc = new Float32Array(len);
+  const accBits = new Uint32Array(acc.buffer);
+  for (let i = 0; i < len; i++) accBits[i] = all[i]! << 16;
+  const wide = new Float32Array(len);
+  const wideBits = new Uint32Array(wide.buffer);
+  for (let r = 1; r < size; r++) {
+    const base = r * stride;
+    for (let i = 0; i < len; i++) wideBits[i] = all[base + i]! << 16;
+    for (let i = 0; i < len; i++) acc[i] = acc[i]! + wide[i]!;
+  }
+  for (let i = 0; i < len; i++) {
+    const b = accBits[i]!;
+    buf[off + i] = (b & 0x7f800000) === 0x7f800000 && (b & 0x007fffff) !== 0 ? (b >>> 16) | 0x0040 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -475,6 +535,14 @@ class RankComm implements Communicator {
     return this.group.call(this.local, t0, () => makeAllGather(out, inp, tag, this.size, n));
   }
 
+  allReduceBf16(buf: Uint16Array, tag: string, offset?: number, length?: number): Promise<void> {
+    const t0 = performance.now();
+    return allReduceBf16Via(this.size, (make) => this.group.call(this.local, t0, () => {
+      const g = make();
+      return { ...makeAllGather(g.out, g.inp, tag, this.size, g.n), counted: g.counted };
+    }), buf, offset, length);
+  }
+
   broadcast(buf: FloatArray, root: number, tag: string, offset?: number, length?: number): Promise<void> {
     const t0 = performance.now();
     return this.group.call(this.local, t0, () => makeBroadcast(buf, root, tag, this.size, offset, length));
@@ -523,6 +591,14 @@ export abstract class SerialCommunicator implements Communicator {
 
   allGather(out: FloatArray, inp: FloatArray, tag: string, n?: number): Promise<void> {
     return this.issue(performance.now(), () => makeAllGather(out, inp, tag, this.size, n));
+  }
+
+  allReduceBf16(buf: Uint16Array, tag: string, offset?: number, length?: number): Promise<void> {
+    const t0 = performance.now();
+    return allReduceBf16Via(this.size, (make) => this.issue(t0, () => {
+      const g = make();
+      return { ...makeAllGather(g.out, g.inp, tag, this.size, g.n), counted: g.counted };
+    }), buf, offset, length);
   }
 
   broadcast(buf: FloatArray, root: number, tag: string, offset?: number, length?: number): Promise<void> {
