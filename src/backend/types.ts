@@ -48,6 +48,11 @@ export interface Backend {
   readonly name: BackendName;
   /** One line for logs, e.g. "native (oneDNN 2.6.0, 1 thread)". */
   readonly description: string;
+  /**
+   * True only where `gemmBf16` runs on bf16 GEMM hardware (AVX512_BF16 or AMX through oneDNN); absent or
+   * false where it widens to float32 (then bf16 saves memory and bytes moved, not GEMM time).
+   */
+  readonly bf16Hardware?: boolean;
 
   /**
    * A zero-filled array of `n` elements of the backend's working precision, placed where the backend
