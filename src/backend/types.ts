@@ -79,7 +79,7 @@ export interface Backend {
    * - C is stored [M, N] with ldc ≥ N. Element (i, j) of C is C[offC + i*ldc + j]; likewise A and B.
    * - beta = 0 overwrites C (NaNs in C are not propagated); beta = 1 accumulates.
    * - M, N or K may be 0 (then C = beta·C, or nothing for M or N = 0).
-   * Fast backends take a skinny path when M ≤ 8 (decoding), which BLAS sgemm handles poorly.
+   * The native backend picks its implementation per shape class by measurement (gemm-choice.ts).
    */
   gemm(
     transA: boolean,
