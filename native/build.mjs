@@ -2,10 +2,11 @@
 //
 //   node native/build.mjs            (npm run build:native; also run by `npm install` via prepare)
 //
-// Detects oneDNN (dnnl.h + libdnnl) and OpenBLAS (an OpenBLAS cblas.h + libopenblas) and builds
-//   native/build/Release/caatnet_native.node           with oneDNN if present, else OpenBLAS
-//   native/build/Release/caatnet_native_openblas.node  with OpenBLAS, when both libraries exist
-// CAAT_NATIVE_BLAS=openblas (or onednn) builds only that variant; CAAT_NATIVE_BLAS=none skips the build.
+// Detects oneDNN (dnnl.h + libdnnl) and OpenBLAS (an OpenBLAS cblas.h + libopenblas) and builds one
+// addon, native/build/Release/caatnet_native.node, linked with every library found (both when both
+// exist: the GEMM of each shape class is then chosen by measurement, see src/backend/gemm-choice.ts).
+// If linking both fails it falls back to oneDNN alone, then OpenBLAS alone.
+// CAAT_NATIVE_BLAS=openblas (or onednn) links only that library; CAAT_NATIVE_BLAS=none skips the build.
 // It never fails the install: when no BLAS is found or the build fails it prints one line saying so
 // and exits 0, and the native backend then reports itself unavailable. The compiler output goes to
 // native/build/build.log.
@@ -100,29 +101,31 @@ function nodeDirArgs() {
 const defaultIncDirs = new Set(['/usr/include', '/usr/local/include', ma ? `/usr/include/${ma}` : '']);
 const defaultLibDirs = new Set(['/usr/lib', '/usr/lib64', '/usr/local/lib', ma ? `/usr/lib/${ma}` : '']);
 
-function gypDefines(primary, secondary, found) {
-  const d = [`caat_primary=${primary}`, `caat_secondary_openblas=${secondary ? 1 : 0}`];
-  const libs = [primary, secondary ? 'openblas' : undefined].filter(Boolean).map((b) => found[b]);
+function gypDefines(libs, found) {
+  const d = [`caat_onednn=${libs.includes('onednn') ? 1 : 0}`, `caat_openblas=${libs.includes('openblas') ? 1 : 0}`];
+  const f = libs.map((b) => found[b]);
   // One extra include / library directory at most (the usual case needs none); gyp splits GYP_DEFINES
   // on spaces, so such paths must not contain spaces.
-  const inc = libs.map((f) => f.inc).find((d) => !defaultIncDirs.has(d));
-  const lib = libs.map((f) => f.lib).find((d) => !defaultLibDirs.has(d));
+  const inc = f.map((x) => x.inc).find((x) => !defaultIncDirs.has(x));
+  const lib = f.map((x) => x.lib).find((x) => !defaultLibDirs.has(x));
   if (inc) d.push(`caat_blas_include=${inc}`);
   if (lib) d.push(`caat_blas_libdir=${lib}`);
   return d.join(' ');
 }
 
-// Load an addon in a fresh process and run a 2x2 GEMM through it.
-function smokeTest(file, blas) {
+// Load an addon in a fresh process and run a 2x2 GEMM through every implementation it has.
+function smokeTest(file, libs) {
   const code = `
     const a = require(${JSON.stringify(file)});
     const i = a.info();
-    if (i.blas !== ${JSON.stringify(blas)}) throw new Error('built with ' + i.blas);
-    const A = new Float32Array([1, 2, 3, 4]), B = new Float32Array([5, 6, 7, 8]), C = new Float32Array(4).fill(NaN);
-    a.setGemmPath(1);
-    a.gemm(false, false, 2, 2, 2, 1, A, 0, 2, B, 0, 2, 0, C, 0, 2);
-    if (C.join() !== '19,22,43,50') throw new Error('GEMM gave ' + C.join());
-    console.log(i.version);`;
+    for (const l of ${JSON.stringify(libs)}) if (!i.libraries[l]) throw new Error('built without ' + l);
+    const A = new Float32Array([1, 2, 3, 4]), B = new Float32Array([5, 6, 7, 8]);
+    for (const impl of a.gemmImpls().filter((x) => x.built)) {
+      const C = new Float32Array(4).fill(NaN);
+      a.gemm(false, false, 2, 2, 2, 1, A, 0, 2, B, 0, 2, 0, C, 0, 2, impl.id);
+      if (C.join() !== '19,22,43,50') throw new Error(impl.name + ' GEMM gave ' + C.join());
+    }
+    console.log(Object.entries(i.libraries).filter(([, v]) => v).map(([k, v]) => k + ' ' + v).join(', '));`;
   const r = run(process.execPath, ['-e', code]);
   return r.status === 0 ? r.stdout.trim() : undefined;
 }
@@ -136,8 +139,6 @@ function writeLog() {
   }
 }
 
-const LIB_NAME = { onednn: 'oneDNN', openblas: 'OpenBLAS' };
-
 function main() {
   const want = (process.env.CAAT_NATIVE_BLAS ?? '').toLowerCase();
   if (want === 'none' || want === 'off') {
@@ -150,8 +151,8 @@ function main() {
   }
   const found = { onednn: detectOneDnn(), openblas: detectOpenBlas() };
   const usable = (b) => (want === '' || want === 'auto' || want === b) && found[b] !== undefined;
-  const primary = usable('onednn') ? 'onednn' : usable('openblas') ? 'openblas' : undefined;
-  if (!primary) {
+  const libs = ['onednn', 'openblas'].filter(usable);
+  if (libs.length === 0) {
     const what = want === 'onednn' ? 'oneDNN (dnnl.h + libdnnl)' : want === 'openblas' ? 'OpenBLAS (cblas.h + libopenblas)'
       : 'neither oneDNN (dnnl.h + libdnnl) nor OpenBLAS (cblas.h + libopenblas)';
     say(`skipped: ${what} ${want === 'onednn' || want === 'openblas' ? 'not found' : 'found'}; the native backend is unavailable (install libdnnl-dev or libopenblas-dev, then npm run build:native)`);
@@ -163,25 +164,19 @@ function main() {
     return;
   }
   const [cmd, pre] = gyp;
-  const attempts = [];
-  if (primary === 'onednn' && usable('openblas')) attempts.push([primary, true]);
-  attempts.push([primary, false]);
-  if (primary === 'onednn' && usable('openblas')) attempts.push(['openblas', false]);
+  // Both libraries in one addon first; then each alone.
+  const attempts = libs.length === 2 ? [libs, ['onednn'], ['openblas']] : [libs];
+  // An addon of an earlier layout (one per library) would only confuse the loader.
+  rmSync(join(releaseDir, 'caatnet_native_openblas.node'), { force: true });
 
-  for (const [prim, second] of attempts) {
-    const env = { ...process.env, GYP_DEFINES: gypDefines(prim, second, found) };
+  for (const set of attempts) {
+    const env = { ...process.env, GYP_DEFINES: gypDefines(set, found) };
     const r = run(cmd, [...pre, 'rebuild', ...nodeDirArgs(), '-j', '2'], { cwd: here, env });
     if (r.status !== 0) continue;
-    const built = [];
-    const v1 = smokeTest(join(releaseDir, 'caatnet_native.node'), prim);
-    if (!v1) continue;
-    built.push(`caatnet_native.node (${LIB_NAME[prim]} ${v1})`);
-    if (second) {
-      const v2 = smokeTest(join(releaseDir, 'caatnet_native_openblas.node'), 'openblas');
-      if (v2) built.push(`caatnet_native_openblas.node (OpenBLAS ${v2})`);
-    }
+    const v = smokeTest(join(releaseDir, 'caatnet_native.node'), set);
+    if (!v) continue;
     writeLog();
-    say(`built ${built.join(' and ')} in ${relative(process.cwd(), releaseDir) || '.'}`);
+    say(`built caatnet_native.node (${v.replace('onednn', 'oneDNN').replace('openblas', 'OpenBLAS')}) in ${relative(process.cwd(), releaseDir) || '.'}`);
     return;
   }
   for (const f of ['caatnet_native.node', 'caatnet_native_openblas.node']) rmSync(join(releaseDir, f), { force: true });

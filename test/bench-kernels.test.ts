@@ -12,9 +12,12 @@ import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type BenchRecord, formatTable, measure, parseRepeats, QUICK_SHAPES, runKernelBench } from '../src/bench/kernels.js';
 import { describeMachine, formatMachine } from '../src/bench/machine.js';
+import { loadNativeBackend, nativeGemmResolve, nativeInfo } from '../src/backend/native.js';
+import { BackendUnavailableError } from '../src/backend/types.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const OPS = ['gemm', 'gemv', 'softmax', 'rmsnorm', 'swiglu'];
+const NATIVE_OPS = [...OPS, 'gemm_impl', 'gemm_bf16'];
 
 function positiveFinite(v: unknown, what: string): void {
   assert.equal(typeof v, 'number', `${what} must be a number, got ${JSON.stringify(v)}`);
@@ -23,11 +26,11 @@ function positiveFinite(v: unknown, what: string): void {
 
 function checkRecord(r: Record<string, unknown>, backend: string): void {
   const where = JSON.stringify(r);
-  assert.ok(OPS.includes(r['op'] as string), `op in ${where}`);
+  assert.ok((backend === 'native' ? NATIVE_OPS : OPS).includes(r['op'] as string), `op in ${where}`);
   assert.equal(r['backend'], backend, `backend in ${where}`);
   assert.ok(Array.isArray(r['shape']) && (r['shape'] as unknown[]).length >= 2, `shape in ${where}`);
   for (const d of r['shape'] as unknown[]) positiveFinite(d, `shape element in ${where}`);
-  const gemmLike = r['op'] === 'gemm' || r['op'] === 'gemv';
+  const gemmLike = ['gemm', 'gemv', 'gemm_impl', 'gemm_bf16'].includes(r['op'] as string);
   if (gemmLike) {
     positiveFinite(r['gflops'], `gflops in ${where}`);
     assert.equal((r['shape'] as number[]).length, 3, `gemm shape is [M, N, K] in ${where}`);
@@ -53,8 +56,44 @@ test('runKernelBench on js with tiny shapes: every op, positive finite numbers',
   assert.deepEqual([...new Set(records.map((r) => r.op))].sort(), [...OPS].sort());
   for (const r of records) checkRecord(r as unknown as Record<string, unknown>, 'js');
   const table = formatTable(records);
-  assert.match(table[0]!, /backend\s+op\s+shape\s+median ms/);
+  assert.match(table[0]!, /backend\s+op\s+shape\s+impl\s+median ms/);
   assert.equal(table.filter((l) => l.startsWith('js ')).length, records.length);
+});
+
+const nativeSkip = ((): string | false => {
+  try {
+    loadNativeBackend();
+    return false;
+  } catch (e) {
+    if (e instanceof BackendUnavailableError) return `native backend unavailable: ${e.reason}`;
+    throw e;
+  }
+})();
+
+test('native: every GEMM implementation per model shape with the chosen one marked, and bf16 rows with the oneDNN path', { skip: nativeSkip }, async () => {
+  const { records } = await runKernelBench({ backends: 'native', repeats: 2, shapes: QUICK_SHAPES });
+  for (const r of records) checkRecord(r as unknown as Record<string, unknown>, 'native');
+  const impls = nativeInfo().gemmImpls;
+  const rows = records.filter((r) => r.op === 'gemm_impl');
+  for (const [trans, M, N, K] of QUICK_SHAPES.model) {
+    const mine = rows.filter((r) => r.trans === trans && r.shape.join() === [M, N, K].join());
+    const want = impls.filter((x) => x !== 'skinny' || M <= 8);
+    assert.deepEqual(mine.map((r) => r.impl).sort(), [...want].sort(), `${trans} ${M}x${N}x${K}`);
+    const chosen = mine.filter((r) => r.chosen);
+    assert.equal(chosen.length, 1, `exactly one chosen implementation for ${trans} ${M}x${N}x${K}`);
+    assert.equal(chosen[0]!.impl, nativeGemmResolve(trans[0] === 'T', trans[1] === 'T', M, N, K).impl);
+    assert.match(String(chosen[0]!.gemm_class), /^(NN|NT|TN|TT)_m/);
+  }
+  const bf = records.filter((r) => r.op === 'gemm_bf16');
+  assert.equal(bf.length, QUICK_SHAPES.model.length);
+  const info = nativeInfo().bf16;
+  for (const r of bf) {
+    assert.equal(r.bf16_path, info.path);
+    assert.equal(r.bf16_isa, info.isa);
+    positiveFinite(r.ratio_vs_c, 'bf16 ratio_vs_c');
+  }
+  // the fp32 dispatch rows name the implementation that ran
+  for (const r of records.filter((x) => x.op === 'gemm' || x.op === 'gemv')) assert.ok(impls.includes(r.impl as never), JSON.stringify(r));
 });
 
 test('caat bench kernels --json: exactly one JSON object per stdout line, nothing else', () => {

@@ -1,7 +1,8 @@
 /**
- * What only the native backend has: two BLAS builds (oneDNN and OpenBLAS) that must agree, the
- * skinny-GEMM path next to the BLAS path, GEMM timed inside C, loading inside worker threads, and the
- * `threads` option. The kernels themselves are covered for every backend by backend-conformance.
+ * What only the native backend has: its two libraries (oneDNN and OpenBLAS, each forced with the
+ * `blas` option) that must agree, the skinny-GEMM path next to the library path, GEMM timed inside C,
+ * loading inside worker threads, and the `threads` option. (Every GEMM implementation and the measured
+ * choice: test/gemm-choice.test.ts.) The kernels themselves are covered for every backend by backend-conformance.
  * Every test is skipped (with the reason) when the addon is not built.
  */
 import assert from 'node:assert/strict';

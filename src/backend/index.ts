@@ -1,8 +1,10 @@
 /**
  * Backend selection. `--backend native|wasm|js` or CAAT_BACKEND choose one explicitly (an unavailable
  * explicit choice is an error naming the reason); otherwise the fastest available is used, in the
- * order native, wasm, js. The choice is logged once per process.
+ * order native, wasm, js. The choice is logged once per process, with the native backend's GEMM choice
+ * (src/backend/gemm-choice.ts).
  */
+import { takeGemmSummaries } from './gemm-choice.js';
 import { createJsBackend } from './js.js';
 import { loadNativeBackend } from './native.js';
 import { loadWasmBackend } from './wasm.js';
@@ -79,6 +81,8 @@ export function selectBackend(requested?: string, opts: BackendOptions & { quiet
   if (!logged && !opts.quiet) {
     logged = true;
     process.stderr.write(`caatnet: backend ${be.description}\n`);
+    // The GEMM choice of the native backend, once per process (measured, cached, forced or adopted).
+    if (be.name === 'native') for (const l of takeGemmSummaries()) process.stderr.write(`caatnet: ${l}\n`);
     if (nativeReason !== undefined) process.stderr.write(`${nativeFallbackNotice(be.name, nativeReason)}\n`);
   }
   return be;

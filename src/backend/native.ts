@@ -1,53 +1,62 @@
 /**
- * The native backend: an N-API addon (native/, built by `npm run build:native`) whose GEMM is oneDNN's
- * `dnnl_sgemm` or OpenBLAS's `cblas_sgemm`, with a hand-written kernel for skinny products (M ≤ 8,
- * decoding; M ≤ 16 with OpenBLAS, where it is measured faster), fused attention (GEMM + softmax per
- * (batch, head) inside C++, skipping the masked upper triangle) and vectorised C++ for every other
- * kernel (AVX-512, else AVX2 + FMA, when the CPU has it, chosen at load time; CAAT_NATIVE_ISA=baseline or avx2 caps the choice; baseline is the
- * portable build). Float32 only; operands are used in place (SharedArrayBuffer-backed arrays and
- * subarray views included), never copied.
+ * The native backend: an N-API addon (native/, built by `npm run build:native`) linked with oneDNN and
+ * OpenBLAS (either alone works too), fused attention (GEMM + softmax per (batch, head) inside C++,
+ * skipping the masked upper triangle) and vectorised C++ for every other kernel (AVX-512, else AVX2 +
+ * FMA, when the CPU has it, chosen at load time; CAAT_NATIVE_ISA=baseline or avx2 caps the choice;
+ * baseline is the portable build). Float32 (and bf16 bit patterns for the bf16 kernels); operands
+ * are used in place (SharedArrayBuffer-backed arrays and subarray views included), never copied.
  *
- * Addons (native/build/Release/):
- *   caatnet_native.node           oneDNN when it was found at build time, else OpenBLAS
- *   caatnet_native_openblas.node  OpenBLAS, built in addition when both libraries exist
- * `loadNativeBackend` takes oneDNN first; `blas: 'openblas'` or env CAAT_NATIVE_BLAS=openblas (onednn)
- * selects one explicitly.
+ * GEMM: per shape class the fastest of oneDNN's dnnl_sgemm, oneDNN's matmul primitive, OpenBLAS's
+ * cblas_sgemm and a hand-written kernel for small M, measured once per machine and thread count and
+ * cached (src/backend/gemm-choice.ts); CAAT_GEMM=onednn|matmul|openblas forces one for every shape.
+ * `blas` / `gemm` in the options force one for that backend object only.
  *
- * Threads: `threads` (default 1, one rank per core) is the BLAS thread count and the width of the
- * skinny kernel's parallel loop. With oneDNN (OpenMP runtime) the setting belongs to the calling
+ * bf16: toBf16/fromBf16 in vectorised C++; gemmBf16 through the oneDNN matmul primitive with bf16
+ * operands and float32 accumulation and output where the CPU has bf16 hardware (AVX512_BF16, AMX),
+ * else both operands widened exactly to float32 in C++ and the float32 GEMM above (the same bits as
+ * `gemmBf16ViaF32` over this backend's `gemm`). `bf16Hardware` says which.
+ *
+ * Threads: `threads` (default 1, one rank per core) is the libraries' thread count and the width of
+ * the skinny kernel's parallel loop. With oneDNN (OpenMP runtime) the setting belongs to the calling
  * thread, so worker threads are independent; OpenBLAS has one process-wide setting.
  *
  * Helpers for benchmarks:
- *   nativeInfo(blas?): NativeInfo
- *     which addon loads and what it runs on ({ blas, version, threads, isa, coretype, ... }).
+ *   nativeInfo(): NativeInfo
+ *     what the addon runs on ({ blas, libraries, version, threads, isa, coretype, gemm, bf16, ... }).
  *   nativeGemmTimedInC(transA, transB, M, N, K, A, B, C, repeats, opts?): number
  *     C = op(A)·op(B) (alpha 1, beta 0) with packed operands (lda/ldb/ldc equal to the stored row
- *     lengths), through the same dispatch as `gemm`, `repeats` calls each timed inside C with a
- *     monotonic clock (no warm-up call: warm up first). Returns the median seconds per call; compare
- *     with the time of `backend.gemm` measured in JS to get the binding overhead.
- *   setNativeGemmPath(path, blas?)
- *     'auto' (default), 'blas' (BLAS for every shape) or 'skinny' (hand-written kernel for every shape),
- *     process-wide for that addon; for tests and benchmarks.
+ *     lengths), through the same dispatch as `gemm` (or `opts.gemm`), `repeats` calls each timed
+ *     inside C with a monotonic clock (no warm-up call: warm up first). Returns the median seconds per
+ *     call. nativeGemmBf16TimedInC: the same for gemmBf16.
+ *   setNativeGemmPath(path)
+ *     'auto' (default), 'blas' (never the skinny kernel) or 'skinny' (the skinny kernel for every
+ *     shape), process-wide; for tests and benchmarks.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { fromBf16Ref, gemmBf16ViaF32, toBf16Ref } from './bf16.js';
-import { checkGemm, checked } from './check.js';
+import { checkGemm, checkGemmBf16, checked } from './check.js';
+import { ensureGemmTable, type GemmChoice, type GemmImpl, GEMM_IMPLS, installGemmTables, summarizeChoice } from './gemm-choice.js';
+import type { Communicator } from '../tp/comm.js';
 import { type Backend, type BackendOptions, BackendUnavailableError, type FloatArray, KernelError } from './types.js';
 
 export type NativeBlas = 'onednn' | 'openblas';
 
 export interface NativeOptions extends BackendOptions {
-  /** Which BLAS build to load. Default: env CAAT_NATIVE_BLAS, else oneDNN when built, else OpenBLAS. */
+  /** Run every GEMM of this backend object through this library's sgemm (it must be built in). */
   blas?: NativeBlas;
+  /** Run every GEMM of this backend object through this implementation ('auto': the measured choice). */
+  gemm?: GemmImpl | 'auto';
 }
 
 export interface NativeInfo {
+  /** The first library built in (oneDNN, else OpenBLAS). */
   blas: NativeBlas;
-  /** Library version, e.g. "2.6.3" (oneDNN) or "0.3.21" (OpenBLAS). */
+  /** Version of that library, e.g. "2.6.3" (oneDNN) or "0.3.21" (OpenBLAS). */
   version: string;
+  /** Every library built in, with its version (null: not built in). */
+  libraries: { onednn: string | null; openblas: string | null };
   /** The library's own configuration string. */
   config: string;
   /** Threads set for the calling thread (the addon's current setting). */
@@ -64,18 +73,44 @@ export interface NativeInfo {
   coretype: string | null;
   /** Path of the loaded addon. */
   addon: string;
+  /** The GEMM implementations built in. */
+  gemmImpls: GemmImpl[];
+  /** How gemmBf16 runs: 'matmul' (oneDNN primitive, bf16 operands) or 'widen' (fp32 GEMM); the CPU ISA oneDNN uses, and the implementation it picks for a bf16 matmul. */
+  bf16: Bf16Info;
+}
+
+export interface Bf16Info {
+  path: 'matmul' | 'widen';
+  /** The CPU has bf16 GEMM hardware oneDNN uses (AVX512_BF16 or AMX). */
+  hardware: boolean;
+  /** dnnl_get_effective_cpu_isa(), e.g. "avx2" or "avx512_core_amx"; null without oneDNN. */
+  isa: string | null;
+  /** oneDNN's implementation of a bf16 matmul here (e.g. "brg:avx512_core_amx"), or null. */
+  impl: string | null;
 }
 
 type F32 = Float32Array;
 
 /** The addon's exports (native/src/addon.cc). Float32Array only. */
 interface Addon {
-  info(): Omit<NativeInfo, 'coretype' | 'addon'>;
+  info(): Omit<NativeInfo, 'coretype' | 'addon' | 'gemmImpls' | 'bf16'>;
+  bf16Info(): Bf16Info;
   setThreads(n: number): void;
   setGemmPath(mode: number): void;
+  setBf16Path(mode: number): void;
+  gemmClasses(): { name: string; transA: boolean; transB: boolean; M: number; N: number; K: number; candidates: number[] }[];
+  gemmImpls(): { id: number; name: string; built: boolean }[];
+  setGemmTable(threads: number, table: Int32Array | null): void;
+  gemmTables(): Record<string, number[]>;
+  gemmResolve(tA: boolean, tB: boolean, M: number, N: number, K: number, impl?: number): [number, number];
   gemm(tA: boolean, tB: boolean, M: number, N: number, K: number, alpha: number, A: F32, offA: number, lda: number,
-    B: F32, offB: number, ldb: number, beta: number, C: F32, offC: number, ldc: number): void;
-  gemmTimedInC(tA: boolean, tB: boolean, M: number, N: number, K: number, A: F32, B: F32, C: F32, repeats: number): number;
+    B: F32, offB: number, ldb: number, beta: number, C: F32, offC: number, ldc: number, impl?: number): void;
+  gemmTimedInC(tA: boolean, tB: boolean, M: number, N: number, K: number, A: F32, B: F32, C: F32, repeats: number, impl?: number): number;
+  gemmBf16(tA: boolean, tB: boolean, M: number, N: number, K: number, alpha: number, A: Uint16Array, offA: number, lda: number,
+    B: Uint16Array, offB: number, ldb: number, beta: number, C: F32, offC: number, ldc: number, impl?: number): void;
+  gemmBf16TimedInC(tA: boolean, tB: boolean, M: number, N: number, K: number, A: Uint16Array, B: Uint16Array, C: F32, repeats: number): number;
+  toBf16(out: Uint16Array, x: F32, n: number): void;
+  fromBf16(out: F32, x: Uint16Array, n: number): void;
   attentionForward(out: F32, att: F32, q: F32, k: F32, v: F32, B: number, Tq: number, Tk: number, NH: number, NKV: number,
     HD: number, kvBatchStride: number): void;
   attentionBackward(dq: F32, dk: F32, dv: F32, scratch: F32, dout: F32, q: F32, k: F32, v: F32, att: F32, B: number,
@@ -104,11 +139,7 @@ interface Addon {
     bc2sqrt: number, decay: number, gradScale: number): void;
 }
 
-const ADDON_FILES: Record<NativeBlas, readonly string[]> = {
-  // Searched in this order; the first that loads and reports the wanted BLAS is used.
-  onednn: ['caatnet_native.node'],
-  openblas: ['caatnet_native_openblas.node', 'caatnet_native.node'],
-};
+const ADDON_FILE = 'caatnet_native.node';
 
 /**
  * Where the addons are: CAAT_NATIVE_ADDON_DIR when set (a build kept elsewhere), else
@@ -129,55 +160,38 @@ function releaseDir(): string | undefined {
 }
 
 const requireAddon = createRequire(import.meta.url);
-const loaded = new Map<string, { addon: Addon; path: string; blas: NativeBlas }>();
+let loaded: { addon: Addon; path: string } | undefined;
 
-function wantedBlas(opt?: NativeBlas): NativeBlas | undefined {
-  if (opt !== undefined) return opt;
-  const env = process.env['CAAT_NATIVE_BLAS'];
-  if (env === undefined || env === '' || env === 'auto') return undefined;
-  if (env === 'onednn' || env === 'openblas') return env;
-  throw new BackendUnavailableError('native', `CAAT_NATIVE_BLAS = "${env}" (expected onednn or openblas)`);
+const LIB_LABEL: Record<NativeBlas, string> = { onednn: 'oneDNN', openblas: 'OpenBLAS' };
+
+/** Load (once per thread) the addon; with `blas`, check that library is built in. Throws BackendUnavailableError. */
+function loadAddon(blas?: NativeBlas): { addon: Addon; path: string } {
+  if (!loaded) {
+    const dir = releaseDir();
+    if (dir === undefined) throw new BackendUnavailableError('native', 'cannot locate the package directory (native/build/Release)');
+    const path = join(dir, ADDON_FILE);
+    const fix = 'run `npm run build:native` (needs libdnnl-dev or libopenblas-dev)';
+    if (!existsSync(path)) throw new BackendUnavailableError('native', `no usable addon in ${dir} (${ADDON_FILE} not built); ${fix}`);
+    let addon: Addon;
+    try {
+      addon = requireAddon(path) as Addon;
+    } catch (e) {
+      throw new BackendUnavailableError('native', `no usable addon in ${dir} (${ADDON_FILE} failed to load: ${(e as Error).message.split('\n')[0]}); ${fix}`);
+    }
+    if (typeof addon.gemmImpls !== 'function') {
+      throw new BackendUnavailableError('native', `no usable addon in ${dir} (${ADDON_FILE} is an older build); ${fix}`);
+    }
+    loaded = { addon, path };
+  }
+  if (blas !== undefined && !loaded.addon.info().libraries[blas]) {
+    throw new BackendUnavailableError('native', `the addon in ${dirname(loaded.path)} is built without ${LIB_LABEL[blas]}; install ${blas === 'onednn' ? 'libdnnl-dev' : 'libopenblas-dev'} and run \`npm run build:native\``);
+  }
+  return loaded;
 }
 
-/** Load (once per thread) the addon for `blas`, or the preferred one. Throws BackendUnavailableError. */
-function loadAddon(blas?: NativeBlas): { addon: Addon; path: string; blas: NativeBlas } {
-  const want = wantedBlas(blas);
-  const key = want ?? 'auto';
-  const hit = loaded.get(key);
-  if (hit) return hit;
-  const dir = releaseDir();
-  if (dir === undefined) throw new BackendUnavailableError('native', 'cannot locate the package directory (native/build/Release)');
-  const order: NativeBlas[] = want ? [want] : ['onednn', 'openblas'];
-  const reasons: string[] = [];
-  for (const b of order) {
-    for (const file of ADDON_FILES[b]) {
-      const path = join(dir, file);
-      if (!existsSync(path)) {
-        reasons.push(`${file} not built`);
-        continue;
-      }
-      let addon: Addon;
-      try {
-        addon = requireAddon(path) as Addon;
-      } catch (e) {
-        reasons.push(`${file} failed to load: ${(e as Error).message.split('\n')[0]}`);
-        continue;
-      }
-      const got = addon.info().blas;
-      if (got !== b) {
-        reasons.push(`${file} is built with ${got}`);
-        continue;
-      }
-      const res = { addon, path, blas: b };
-      loaded.set(key, res);
-      return res;
-    }
-  }
-  const what = want ? `${want} addon` : 'addon';
-  throw new BackendUnavailableError(
-    'native',
-    `no usable ${what} in ${dir} (${[...new Set(reasons)].join('; ')}); run \`npm run build:native\` (needs libdnnl-dev or libopenblas-dev)`,
-  );
+/** The addon if this JS thread has loaded it already (never loads it). */
+function loadedAddon(): Addon | undefined {
+  return loaded?.addon;
 }
 
 // The thread count last given to each addon from this JS thread (the addon's setting is per OS thread
@@ -204,19 +218,36 @@ function threadCount(opts: BackendOptions): number {
   return t;
 }
 
-function describe(addon: Addon, blas: NativeBlas, threads: number): string {
+function describe(addon: Addon, threads: number, forced: GemmImpl | undefined): string {
   const i = addon.info();
-  const lib = blas === 'onednn' ? `oneDNN ${i.version}` : `OpenBLAS ${i.version}${i.corename ? ` ${i.corename}` : ''}`;
-  return `native (${lib}, ${threads} thread${threads === 1 ? '' : 's'}${i.isa === 'avx512' ? '' : `, ${i.isa} kernels`})`;
+  const libs = [
+    i.libraries.onednn ? `oneDNN ${i.libraries.onednn}` : '',
+    i.libraries.openblas ? `OpenBLAS ${i.libraries.openblas}${i.corename ? ` ${i.corename}` : ''}` : '',
+  ].filter((x) => x !== '').join(' + ');
+  const gemm = forced ? `, gemm ${forced}` : '';
+  return `native (${libs}, ${threads} thread${threads === 1 ? '' : 's'}${gemm}${i.isa === 'avx512' ? '' : `, ${i.isa} kernels`})`;
+}
+
+/** The implementation id that `opts` forces for this backend object, or -1 (the measured choice). */
+function forcedImpl(addon: Addon, opts: NativeOptions): { id: number; name?: GemmImpl } {
+  const name = opts.gemm !== undefined && opts.gemm !== 'auto' ? opts.gemm : opts.blas;
+  if (name === undefined) return { id: -1 };
+  if (!(GEMM_IMPLS as readonly string[]).includes(name)) throw new Error(`native backend: unknown GEMM implementation "${name}" (expected ${GEMM_IMPLS.join(', ')} or auto)`);
+  const impl = addon.gemmImpls().find((x) => x.name === name)!;
+  if (!impl.built) throw new BackendUnavailableError('native', `the addon is built without ${name === 'openblas' ? 'OpenBLAS' : 'oneDNN'} (GEMM implementation ${name})`);
+  return { id: impl.id, name };
 }
 
 /** The unchecked backend over a loaded addon (every array is a Float32Array after `f32`). */
-function rawNativeBackend(addon: Addon, blas: NativeBlas, threads: number): Backend {
+function rawNativeBackend(addon: Addon, threads: number, forced: { id: number; name?: GemmImpl }): Backend {
   const t = (): void => useThreads(addon, threads);
   t();
+  const impl = forced.id;
+  const bf16 = addon.bf16Info();
   const be: Backend = {
     name: 'native',
-    description: describe(addon, blas, threads),
+    description: describe(addon, threads, forced.name),
+    bf16Hardware: bf16.path === 'matmul' && bf16.hardware,
 
     alloc(n, shared) {
       return shared ? new Float32Array(new SharedArrayBuffer(n * 4)) : new Float32Array(n);
@@ -225,20 +256,21 @@ function rawNativeBackend(addon: Addon, blas: NativeBlas, threads: number): Back
     release() {},
 
     toBf16(out, x, n) {
-      toBf16Ref(out, x, n);
+      addon.toBf16(out, x, n);
     },
 
     fromBf16(out, x, n) {
-      fromBf16Ref(out, x, n);
+      addon.fromBf16(out, x, n);
     },
 
     gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
-      gemmBf16ViaF32(be.gemm, transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
+      t();
+      addon.gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc, impl);
     },
 
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       t();
-      addon.gemm(transA, transB, M, N, K, alpha, f32('gemm', A), offA, lda, B as F32, offB, ldb, beta, C as F32, offC, ldc);
+      addon.gemm(transA, transB, M, N, K, alpha, f32('gemm', A), offA, lda, B as F32, offB, ldb, beta, C as F32, offC, ldc, impl);
     },
 
     attentionForward(out, att, q, k, v, B, Tq, Tk, NH, NKV, HD, kvBatchStride) {
@@ -342,38 +374,129 @@ function rawNativeBackend(addon: Addon, blas: NativeBlas, threads: number): Back
 
 /**
  * Load the native backend. Throws BackendUnavailableError (with the reason) when no addon was built
- * or it fails to load; the returned backend validates every call (`checked`).
+ * or it fails to load; the returned backend validates every call (`checked`). The first load for a
+ * thread count resolves the GEMM choice (cache, else a short measurement; see gemm-choice.ts).
  */
 export function loadNativeBackend(opts: NativeOptions = {}): Backend {
   const threads = threadCount(opts);
-  const { addon, blas } = loadAddon(opts.blas);
-  return checked(rawNativeBackend(addon, blas, threads));
+  const { addon } = loadAddon(opts.blas);
+  const forced = forcedImpl(addon, opts);
+  const t0 = addon.info().threads;
+  ensureGemmTable(addon, threads);
+  if (addon.info().threads !== t0) addon.setThreads(t0); // measuring may have changed this thread's setting
+  threadsSet.delete(addon);
+  const raw = rawNativeBackend(addon, threads, forced);
+  return { ...checked(raw), bf16Hardware: raw.bf16Hardware ?? false };
 }
 
-/** What the native addon for `blas` (default: the one loadNativeBackend picks) reports about itself. */
+/** The GEMM choice in force for `threads` threads (resolving it if needed), and its one-line summary. */
+export function nativeGemmChoice(threads = 1): GemmChoice & { summary: string } {
+  const { addon } = loadAddon();
+  const c = ensureGemmTable(addon, threads);
+  return { ...c, summary: summarizeChoice(c) };
+}
+
+/** What the native addon reports about itself (with `blas`: fails unless that library is built in). */
 export function nativeInfo(blas?: NativeBlas): NativeInfo {
   const { addon, path } = loadAddon(blas);
-  return { ...addon.info(), coretype: process.env['OPENBLAS_CORETYPE'] ?? null, addon: path };
+  return {
+    ...addon.info(),
+    coretype: process.env['OPENBLAS_CORETYPE'] ?? null,
+    addon: path,
+    gemmImpls: addon.gemmImpls().filter((x) => x.built).map((x) => x.name as GemmImpl),
+    bf16: addon.bf16Info(),
+  };
+}
+
+export interface TimedOptions extends NativeOptions {
+  /** Force one implementation for the timed calls (default: the dispatch `gemm` uses). */
+  impl?: GemmImpl;
 }
 
 /**
  * Median seconds per call of C = op(A)·op(B) (alpha 1, beta 0, packed operands), timed inside C over
- * `repeats` calls (no warm-up), through the same GEMM dispatch as the backend's `gemm`.
+ * `repeats` calls (no warm-up), through the same GEMM dispatch as the backend's `gemm` (or `opts.impl`).
  */
 export function nativeGemmTimedInC(
   transA: boolean, transB: boolean, M: number, N: number, K: number,
-  A: Float32Array, B: Float32Array, C: Float32Array, repeats: number, opts: NativeOptions = {},
+  A: Float32Array, B: Float32Array, C: Float32Array, repeats: number, opts: TimedOptions = {},
 ): number {
   const lda = Math.max(1, transA ? M : K);
   const ldb = Math.max(1, transB ? K : N);
   checkGemm(transA, transB, M, N, K, A, 0, lda, B, 0, ldb, C, 0, Math.max(1, N));
   if (!Number.isInteger(repeats) || repeats < 1) throw new KernelError('gemmTimedInC', `repeats must be a positive integer, got ${repeats}`);
   const { addon } = loadAddon(opts.blas);
-  useThreads(addon, threadCount(opts));
-  return addon.gemmTimedInC(transA, transB, M, N, K, f32('gemmTimedInC', A), B, C, repeats);
+  const threads = threadCount(opts);
+  ensureGemmTable(addon, threads);
+  useThreads(addon, threads);
+  const id = opts.impl !== undefined ? forcedImpl(addon, { gemm: opts.impl }).id : forcedImpl(addon, opts).id;
+  return addon.gemmTimedInC(transA, transB, M, N, K, f32('gemmTimedInC', A), B, C, repeats, id);
 }
 
-/** Force the GEMM path of an addon, process-wide: 'auto' (default), 'blas' or 'skinny' (tests, benchmarks). */
+/** As nativeGemmTimedInC, for gemmBf16 (bf16 operands, float32 C). */
+export function nativeGemmBf16TimedInC(
+  transA: boolean, transB: boolean, M: number, N: number, K: number,
+  A: Uint16Array, B: Uint16Array, C: Float32Array, repeats: number, opts: NativeOptions = {},
+): number {
+  const lda = Math.max(1, transA ? M : K);
+  const ldb = Math.max(1, transB ? K : N);
+  checkGemmBf16(transA, transB, M, N, K, A, 0, lda, B, 0, ldb, C, 0, Math.max(1, N));
+  if (!Number.isInteger(repeats) || repeats < 1) throw new KernelError('gemmBf16TimedInC', `repeats must be a positive integer, got ${repeats}`);
+  const { addon } = loadAddon();
+  const threads = threadCount(opts);
+  ensureGemmTable(addon, threads);
+  useThreads(addon, threads);
+  return addon.gemmBf16TimedInC(transA, transB, M, N, K, A, B, C, repeats);
+}
+
+/** [class name, implementation] that a `gemm` call of this shape runs with `threads` threads. */
+export function nativeGemmResolve(transA: boolean, transB: boolean, M: number, N: number, K: number, opts: TimedOptions = {}): { cls: string; impl: GemmImpl } {
+  const { addon } = loadAddon();
+  const threads = threadCount(opts);
+  ensureGemmTable(addon, threads);
+  useThreads(addon, threads);
+  const id = opts.impl !== undefined ? forcedImpl(addon, { gemm: opts.impl }).id : forcedImpl(addon, opts).id;
+  const [c, i] = addon.gemmResolve(transA, transB, M, N, K, id);
+  return { cls: addon.gemmClasses()[c]!.name, impl: addon.gemmImpls()[i]!.name as GemmImpl };
+}
+
+/** Force the GEMM path, process-wide: 'auto' (default), 'blas' or 'skinny' (tests, benchmarks). */
 export function setNativeGemmPath(path: 'auto' | 'blas' | 'skinny', blas?: NativeBlas): void {
   loadAddon(blas).addon.setGemmPath(path === 'auto' ? 0 : path === 'blas' ? 1 : 2);
+}
+
+/** Force how gemmBf16 runs, process-wide: 'auto' (default), 'widen' or 'matmul' (tests). */
+export function setNativeBf16Path(path: 'auto' | 'widen' | 'matmul'): void {
+  loadAddon().addon.setBf16Path(path === 'auto' ? 0 : path === 'widen' ? 1 : 2);
+}
+
+/** The GEMM tables installed in this process ({ threads: implementation id per class }), if the addon is loaded. */
+export function nativeGemmTables(): Record<string, number[]> | undefined {
+  return loadedAddon()?.gemmTables();
+}
+
+/**
+ * Every rank of a job adopts rank 0's GEMM tables, so that the bits of every GEMM are those rank 0's
+ * host would compute (collective: every rank of every communicator in `comms` must call it, right
+ * after joining). Processes that have not loaded the native addon take part without installing
+ * anything. Returns whether this process's tables changed.
+ */
+export async function shareGemmChoices(comms: readonly Communicator[], log?: (line: string) => void): Promise<boolean> {
+  if (comms.length === 0 || comms[0]!.size === 1) return false;
+  const addon = loadedAddon();
+  const mine = Buffer.from(JSON.stringify(addon ? addon.gemmTables() : {}), 'utf8');
+  const got = await Promise.all(comms.map(async (c) => {
+    const len = Float64Array.of(c.rank === 0 ? mine.length : 0);
+    await c.broadcast(len, 0, 'gemm.choice.len');
+    const body = new Float32Array(len[0]!);
+    if (c.rank === 0) for (let i = 0; i < mine.length; i++) body[i] = mine[i]!;
+    await c.broadcast(body, 0, 'gemm.choice.body');
+    return c.rank === 0 ? undefined : Buffer.from(Uint8Array.from(body)).toString('utf8');
+  }));
+  const theirs = got.find((x) => x !== undefined);
+  if (theirs === undefined || !addon) return false;
+  const tables = JSON.parse(theirs) as Record<string, number[]>;
+  const changed = installGemmTables(addon, tables);
+  if (changed) log?.("gemm: adopted rank 0's GEMM choice (this host's cache differs)");
+  return changed;
 }

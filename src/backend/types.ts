@@ -48,6 +48,11 @@ export interface Backend {
   readonly name: BackendName;
   /** One line for logs, e.g. "native (oneDNN 2.6.0, 1 thread)". */
   readonly description: string;
+  /**
+   * True only where `gemmBf16` runs on bf16 GEMM hardware (AVX512_BF16 or AMX through oneDNN); absent or
+   * false where it widens to float32 (then bf16 saves memory and bytes moved, not GEMM time).
+   */
+  readonly bf16Hardware?: boolean;
 
   /**
    * A zero-filled array of `n` elements of the backend's working precision, placed where the backend
@@ -74,7 +79,7 @@ export interface Backend {
    * - C is stored [M, N] with ldc ≥ N. Element (i, j) of C is C[offC + i*ldc + j]; likewise A and B.
    * - beta = 0 overwrites C (NaNs in C are not propagated); beta = 1 accumulates.
    * - M, N or K may be 0 (then C = beta·C, or nothing for M or N = 0).
-   * Fast backends take a skinny path when M ≤ 8 (decoding), which BLAS sgemm handles poorly.
+   * The native backend picks its implementation per shape class by measurement (gemm-choice.ts).
    */
   gemm(
     transA: boolean,

@@ -11,6 +11,16 @@
  *   `c_gflops`, and `ratio_vs_c` = JS-side GFLOP/s / C-side GFLOP/s, i.e. how much of the BLAS
  *   throughput survives the call from JS (N-API, argument checks).
  *
+ * - For the native backend, every float32 GEMM implementation built into the addon on the model's
+ *   shapes (op "gemm_impl": the small config of `bench train`, h 512, ffn 1376, V 8192, B·T = 2048
+ *   tokens, forward NT, backward NN and TN, and decode rows M = 1, 8, 32), each timed inside C with
+ *   that implementation forced (the implementations in turn, so they see the same load), with
+ *   `impl`, `chosen` (whether the measured choice, src/backend/gemm-choice.ts, runs it for this shape)
+ *   and the shape class; and bf16 GEMM rows (op "gemm_bf16": backend.gemmBf16 timed from JS, paired
+ *   with the same call timed inside C, `ratio_vs_c`; `bf16_path` says whether oneDNN's bf16 matmul
+ *   ran (`bf16_isa`, `bf16_impl`: the ISA and implementation oneDNN used) or the operands were widened
+ *   to float32).
+ *
  * Every measurement: one untimed warm-up call, then `repeats` timed calls, median reported. A
  * measurement has a time budget: timed repeats stop once the budget is spent (at least one runs),
  * and a call whose warm-up alone exceeds the budget is reported from that single call (repeats 1,
@@ -30,7 +40,7 @@ import { isBackendName, loadBackend, probeBackends } from '../backend/index.js';
 import type { Backend, BackendName, FloatArray } from '../backend/types.js';
 import { describeMachine, formatMachine, type MachineInfo } from './machine.js';
 
-export type BenchOp = 'gemm' | 'gemv' | 'softmax' | 'rmsnorm' | 'swiglu';
+export type BenchOp = 'gemm' | 'gemv' | 'gemm_impl' | 'gemm_bf16' | 'softmax' | 'rmsnorm' | 'swiglu';
 
 export interface BenchRecord {
   op: BenchOp;
@@ -50,6 +60,19 @@ export interface BenchRecord {
   c_gflops?: number;
   /** native GEMM only: gflops / c_gflops. */
   ratio_vs_c?: number;
+  /** gemm_impl, gemm_bf16: the transposes, "NT" (A·Bᵀ), "NN" or "TN". */
+  trans?: string;
+  /** gemm_impl: the implementation timed (onednn, matmul, openblas, skinny); gemm/gemv: the one the choice runs. */
+  impl?: string;
+  /** gemm_impl: whether the measured choice runs this implementation for this shape. */
+  chosen?: boolean;
+  /** gemm_impl, gemm/gemv on native: the shape class (e.g. "NT_m65+_large"). */
+  gemm_class?: string;
+  /** gemm_bf16: 'matmul' (oneDNN bf16 primitive) or 'widen' (float32 GEMM of the widened operands). */
+  bf16_path?: string;
+  /** gemm_bf16: the CPU ISA oneDNN dispatches to, and its bf16 matmul implementation (null: none). */
+  bf16_isa?: string | null;
+  bf16_impl?: string | null;
 }
 
 export interface BenchShapes {
@@ -59,19 +82,37 @@ export interface BenchShapes {
   gemv: [number, number, number][];
   /** [rows, cols] for softmax, rmsnorm and swiglu. */
   rowwise: [number, number];
+  /** native: [trans, M, N, K] for the per-implementation rows and the bf16 rows. */
+  model: [string, number, number, number][];
 }
 
+/** The small config of `bench train` (h 512, ffn 1376, V 8192, B 8 × T 256 = 2048 tokens, TP 1). */
 export const FULL_SHAPES: BenchShapes = {
   gemm: [
-    [1024, 1024, 1024],
-    [2048, 768, 3072],
-    [2048, 3072, 768],
+    [2048, 1536, 512], // qkv
+    [2048, 1376, 512], // ffn gate / up
+    [2048, 512, 1376], // ffn down
+    [2048, 8192, 512], // lm head
+    [32, 1376, 512], // decode, 32 sequences
   ],
   gemv: [
-    [1, 4096, 4096],
-    [8, 4096, 4096],
+    [1, 1376, 512],
+    [8, 1376, 512],
+    [1, 8192, 512],
   ],
   rowwise: [2048, 4096],
+  model: [
+    ['NT', 2048, 1536, 512],
+    ['NT', 2048, 1376, 512],
+    ['NT', 2048, 512, 1376],
+    ['NT', 2048, 8192, 512],
+    ['NN', 2048, 512, 1376], // backward: dX = dY · W
+    ['TN', 1376, 512, 2048], // backward: dW = dYᵀ · X
+    ['NT', 32, 1376, 512],
+    ['NT', 8, 1376, 512],
+    ['NT', 1, 1376, 512],
+    ['NT', 1, 8192, 512],
+  ],
 };
 
 /** Tiny shapes for tests and smoke runs (CAAT_BENCH_QUICK=1). */
@@ -85,6 +126,11 @@ export const QUICK_SHAPES: BenchShapes = {
     [8, 256, 128],
   ],
   rowwise: [16, 256],
+  model: [
+    ['NT', 64, 48, 32],
+    ['TN', 33, 17, 65],
+    ['NT', 1, 256, 128],
+  ],
 };
 
 export interface KernelBenchOptions {
@@ -129,13 +175,21 @@ function nativeTimer(): GemmTimedInC | undefined {
   return typeof f === 'function' ? (f as GemmTimedInC) : undefined;
 }
 
-/** "isa avx512, corename Haswell" from the native module's nativeInfo(), when it has one. */
+/** "kernels avx2, OpenBLAS core Zen, bf16 gemm …, gemm: … " from the native module's nativeInfo(). */
 function nativeDetails(): string | undefined {
   const f = (nativeModule as unknown as Record<string, unknown>)['nativeInfo'];
   if (typeof f !== 'function') return undefined;
   try {
     const i = (f as () => Record<string, unknown>)();
-    const parts = [i['isa'] ? `kernels ${String(i['isa'])}` : '', i['corename'] ? `OpenBLAS core ${String(i['corename'])}` : '', i['addon'] ? `addon ${String(i['addon'])}` : ''];
+    const b = i['bf16'] as { path: string; isa: string | null; impl: string | null } | undefined;
+    const bf16 = b ? `bf16 gemm ${b.path === 'matmul' ? `oneDNN matmul ${b.impl ?? ''}` : 'widened to fp32'} (oneDNN isa ${b.isa ?? 'none'}${b.path === 'matmul' ? '' : `, bf16 matmul ${b.impl ?? 'none'}`})` : '';
+    let gemm = '';
+    try {
+      gemm = nativeModule.nativeGemmChoice(1).summary;
+    } catch {
+      // no choice available
+    }
+    const parts = [i['isa'] ? `kernels ${String(i['isa'])}` : '', i['corename'] ? `OpenBLAS core ${String(i['corename'])}` : '', bf16, gemm, i['addon'] ? `addon ${String(i['addon'])}` : ''];
     return parts.filter((p) => p !== '').join(', ') || undefined;
   } catch {
     return undefined;
@@ -305,8 +359,15 @@ export async function runKernelBench(o: KernelBenchOptions): Promise<KernelBench
         rec.ratio_vs_c = rec.gflops! / rec.c_gflops;
       }
       if (be.name === 'js') jsGflops = Math.max(jsGflops ?? 0, rec.gflops!);
+      if (be.name === 'native') {
+        const r = nativeModule.nativeGemmResolve(false, true, M, N, K);
+        rec.impl = r.impl;
+        rec.gemm_class = r.cls;
+      }
       emit(rec);
     }
+
+    if (be.name === 'native') nativeModelRows(be, shapes.model, o.repeats, budget, bufA, bufB, bufC, emit, log);
 
     const bw = (op: BenchOp, bytes: number, fn: () => void): void => {
       log(`bench: ${be.name} ${op} ${shapeText([rows, cols])}`);
@@ -327,6 +388,78 @@ export async function runKernelBench(o: KernelBenchOptions): Promise<KernelBench
   return { records, skipped, skippedShapes, descriptions };
 }
 
+/** Every float32 implementation on the model shapes, and the bf16 GEMM (see the module comment). */
+function nativeModelRows(
+  be: Backend, model: BenchShapes['model'], repeats: number, budget: number,
+  bufA: FloatArray, bufB: FloatArray, bufC: FloatArray, emit: (r: BenchRecord) => void, log: (l: string) => void,
+): void {
+  const info = nativeModule.nativeInfo();
+  const impls = info.gemmImpls;
+  const sizeA = Math.max(...model.map(([, M, , K]) => M * K));
+  const sizeB = Math.max(...model.map(([, , N, K]) => N * K));
+  const sizeC = Math.max(...model.map(([, M, N]) => M * N));
+  const fA = bufA.length >= sizeA ? (bufA as Float32Array) : new Float32Array(sizeA).map((_, i) => Math.sin(i));
+  const fB = bufB.length >= sizeB ? (bufB as Float32Array) : new Float32Array(sizeB).map((_, i) => Math.cos(i));
+  const fC = bufC.length >= sizeC ? (bufC as Float32Array) : new Float32Array(sizeC);
+  for (const [trans, M, N, K] of model) {
+    const tA = trans[0] === 'T';
+    const tB = trans[1] === 'T';
+    const A = fA.subarray(0, M * K);
+    const B = fB.subarray(0, N * K);
+    const C = fC.subarray(0, M * N);
+    const flops = 2 * M * N * K;
+    const { cls, impl: chosen } = nativeModule.nativeGemmResolve(tA, tB, M, N, K);
+    const cands = impls.filter((x) => x !== 'skinny' || M <= 8);
+    log(`bench: native gemm_impl ${trans} ${shapeText([M, N, K])} (${cands.join(', ')})`);
+    // warm-up each, then rounds in turn within the budget
+    const t0 = now();
+    for (const impl of cands) nativeModule.nativeGemmTimedInC(tA, tB, M, N, K, A, B, C, 1, { impl });
+    const first = now() - t0;
+    const times = new Map<string, number[]>(cands.map((x) => [x, []]));
+    let spent = first;
+    for (let r = 0; r < repeats && (r === 0 || spent + first <= budget * cands.length); r++) {
+      for (const impl of cands) times.get(impl)!.push(nativeModule.nativeGemmTimedInC(tA, tB, M, N, K, A, B, C, 1, { impl }) * 1000);
+      spent = now() - t0;
+    }
+    for (const impl of cands) {
+      const ms = median(times.get(impl)!);
+      emit({
+        op: 'gemm_impl', backend: 'native', shape: [M, N, K], trans, impl, chosen: impl === chosen, gemm_class: cls,
+        gflops: flops / (ms * 1e6), median_ms: ms, repeats: times.get(impl)!.length, warmup: 1,
+      });
+    }
+  }
+  // bf16: operands rounded once, then backend.gemmBf16 from JS paired with the same call timed in C
+  const hA = new Uint16Array(sizeA);
+  const hB = new Uint16Array(sizeB);
+  be.toBf16(hA, fA.subarray(0, sizeA), sizeA);
+  be.toBf16(hB, fB.subarray(0, sizeB), sizeB);
+  const b = info.bf16;
+  for (const [trans, M, N, K] of model) {
+    const tA = trans[0] === 'T';
+    const tB = trans[1] === 'T';
+    const A = hA.subarray(0, M * K);
+    const B = hB.subarray(0, N * K);
+    const C = fC.subarray(0, M * N);
+    log(`bench: native gemm_bf16 ${trans} ${shapeText([M, N, K])}`);
+    const lda = tA ? M : K;
+    const ldb = tB ? K : N;
+    const m = measure(() => be.gemmBf16(tA, tB, M, N, K, 1, A, 0, lda, B, 0, ldb, 0, C, 0, N), repeats, budget,
+      () => 1000 * nativeModule.nativeGemmBf16TimedInC(tA, tB, M, N, K, A, B, C, 1));
+    const flops = 2 * M * N * K;
+    const rec: BenchRecord = {
+      op: 'gemm_bf16', backend: 'native', shape: [M, N, K], trans, gflops: flops / (m.medianMs * 1e6), median_ms: m.medianMs,
+      repeats: m.repeats, warmup: m.warmup, bf16_path: b.path, bf16_isa: b.isa, bf16_impl: b.impl,
+    };
+    if (m.pairedMedianMs !== undefined && m.pairedMedianMs > 0) {
+      rec.c_gflops = flops / (m.pairedMedianMs * 1e6);
+      rec.ratio_vs_c = rec.gflops! / rec.c_gflops;
+    }
+    if (b.path === 'widen') rec.impl = nativeModule.nativeGemmResolve(tA, tB, M, N, K).impl;
+    emit(rec);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Output
 // ---------------------------------------------------------------------------------------------------
@@ -341,18 +474,19 @@ function fmtNum(v: number | undefined, digits = 3): string {
 
 /** The human-readable table (aligned columns; numbers right-aligned). */
 export function formatTable(records: readonly BenchRecord[], descriptions: ReadonlyMap<string, string> = new Map()): string[] {
-  const header = ['backend', 'op', 'shape', 'median ms', 'runs', 'throughput', 'in C', 'JS/C'];
+  const header = ['backend', 'op', 'shape', 'impl', 'median ms', 'runs', 'throughput', 'in C', 'JS/C'];
   const rows = records.map((r) => [
     r.backend,
     r.op,
-    shapeText(r.shape),
+    `${r.trans ? `${r.trans} ` : ''}${shapeText(r.shape)}`,
+    `${r.impl ?? (r.bf16_path === 'matmul' ? `oneDNN ${r.bf16_impl ?? ''}` : '')}${r.chosen ? ' *' : ''}`,
     fmtNum(r.median_ms, 4),
     `${r.repeats}${r.warmup === 0 ? '*' : ''}`,
     r.gflops !== undefined ? `${fmtNum(r.gflops)} GFLOP/s` : `${fmtNum(r.gbps)} GB/s`,
     r.c_gflops !== undefined ? `${fmtNum(r.c_gflops)} GFLOP/s` : '',
     r.ratio_vs_c !== undefined ? fmtNum(r.ratio_vs_c, 3) : '',
   ]);
-  const right = [false, false, false, true, true, true, true, true];
+  const right = [false, false, false, false, true, true, true, true, true];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
   const out = [line(header), line(widths.map((w) => '-'.repeat(w)))];
@@ -363,7 +497,8 @@ export function formatTable(records: readonly BenchRecord[], descriptions: Reado
     prev = b;
     out.push(line(rows[i]!));
   }
-  if (records.some((r) => r.warmup === 0)) out.push('', '* one call over the time budget: measured once, without warm-up');
+  if (records.some((r) => r.warmup === 0)) out.push('', '* in runs: one call over the time budget, measured once, without warm-up');
+  if (records.some((r) => r.chosen)) out.push('* in impl: the implementation the measured GEMM choice runs for that shape');
   if (descriptions.size) out.push('', ...[...descriptions].map(([n, d]) => `${n}: ${d}`));
   return out;
 }

@@ -38,6 +38,7 @@ import { RankModel } from '../model/model.js';
 import { paramSpecs, placeShard } from '../model/params.js';
 import { runOnRanks, type CommStats, type Communicator, type ReduceOp } from '../tp/comm.js';
 import { joinMpiGroup } from '../transport/mpi.js';
+import { shareGemmChoices } from '../backend/native.js';
 import { configDifference, rendezvous } from '../transport/rendezvous.js';
 import type { TcpCommunicator } from '../transport/tcp.js';
 import { chooseTransport } from '../transport/transport-select.js';
@@ -150,6 +151,13 @@ export async function joinGroup(p: ProcessLaunch, config: unknown, log?: (m: str
  * other over loopback), so the algorithms, and the bits, are those of N processes.
  */
 export async function joinRanks(p: ProcessLaunch, ranks: number[], tp: number, config: unknown, log?: (m: string) => void): Promise<TcpCommunicator[]> {
+  const comms = await joinRanksOnly(p, ranks, tp, config, log);
+  // Every rank uses rank 0's GEMM choices, so the bits do not depend on each host's cache.
+  await shareGemmChoices(comms, log ?? ((m) => process.stderr.write(`${m}\n`)));
+  return comms;
+}
+
+async function joinRanksOnly(p: ProcessLaunch, ranks: number[], tp: number, config: unknown, log?: (m: string) => void): Promise<TcpCommunicator[]> {
   if (ranks.length === 1) return [await joinGroup(p, config, log)];
   const l = p.launch;
   const res = await Promise.allSettled(
