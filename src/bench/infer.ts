@@ -23,7 +23,7 @@ const median = (xs: number[]): number => {
 };
 
 // The WebAssembly JS API, typed here (the project's type libraries do not declare it).
-interface WasmMemory {
+export interface WasmMemory {
   readonly buffer: ArrayBufferLike;
 }
 interface WasmApi {
@@ -49,7 +49,7 @@ const leb = (n: number): number[] => {
  * accumulators, 64 bytes per iteration (returns lane 0 of their sum so the loads cannot be dropped).
  * A streaming read with nothing else in the loop, one core.
  */
-function wasmReader(mem: WasmMemory): (from: number, to: number) => number {
+export function wasmReader(mem: WasmMemory): (from: number, to: number) => number {
   const sec = (id: number, bytes: number[]): number[] => [id, ...leb(bytes.length), ...bytes];
   const acc = (l: number, off: number): number[] => [0x20, l, 0x20, 0x00, 0xfd, 0x00, 0x04, off, 0xfd, 0xe4, 0x01, 0x21, l];
   const body = [
@@ -81,21 +81,23 @@ export interface Bandwidth {
 }
 
 /**
- * Single-core read bandwidth (bytes/s): a streaming read of a 256 MiB buffer (far larger than any
- * cache), the larger of two medians of `repeats`: the WebAssembly reader above and the backend's sum
+ * Single-core read bandwidth (bytes/s): a streaming read of a 256 MiB buffer (`bytes`; far larger
+ * than any cache), the larger of two medians of `repeats`: the WebAssembly reader above and the backend's sum
  * of squares. Reads only: a copy is not used, since a core's loads and (non-temporal) stores overlap,
  * so copy bytes overstate what it can read.
  */
 export class ReadBandwidth {
-  private readonly mem = new WA.Memory({ initial: 4096 });
-  private readonly read = wasmReader(this.mem);
+  private readonly mem;
+  private readonly read;
   private readonly be;
   private readonly x;
   private readonly wasm: number[] = [];
   private readonly native: number[] = [];
-  readonly bytes = 256 * 1024 * 1024;
 
-  constructor(backend?: string) {
+  constructor(backend?: string, readonly bytes = 256 * 1024 * 1024) {
+    if (!(Number.isInteger(bytes / 65536) && bytes > 0)) throw new Error('ReadBandwidth: bytes must be a positive multiple of 64 KiB');
+    this.mem = new WA.Memory({ initial: bytes / 65536 });
+    this.read = wasmReader(this.mem);
     new Float32Array(this.mem.buffer).fill(1);
     this.be = selectBackend(backend, { quiet: true });
     this.x = this.be.alloc(this.bytes / 4);
