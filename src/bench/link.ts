@@ -18,7 +18,10 @@
  * - train: one warm-up round, then --steps rounds of one training step at every p (median);
  * - prefill: a forward pass with a KV cache over 512 tokens (2 sequences of 256), as in generation:
  *   one warm-up round, then max(--steps, 12) rounds of one prefill at every p and one round of the
- *   link calibration (median).
+ *   link calibration (median);
+ * - decode1, decode32: in the same rounds, one serving-engine decode step (RankModel.forwardBatch,
+ *   one new token per sequence) of 1 and of 32 sequences with 16+ tokens in their caches: messages of
+ *   p·2 KiB (batch 1) and p·64 KiB (batch 32) per all-reduce, where latency, not the rate, dominates.
  * Taking every p in each round, instead of one p after another, spreads the slow spells of a shared
  * machine over all of them.
  * Reported per p: median step time, time inside collectives (comm_ms, rank 0, waiting included),
@@ -71,13 +74,19 @@ const PREFILL_ROUNDS = 12;
 
 export type LinkTransport = 'tcp' | 'mpi';
 
+/** train; prefill; decode1 / decode32: one engine decode step (RankModel.forwardBatch) of 1 or 32 sequences. */
+export type LinkPhase = 'train' | 'prefill' | 'decode1' | 'decode32';
+export const LINK_PHASES: readonly LinkPhase[] = ['train', 'prefill', 'decode1', 'decode32'];
+/** Tokens already in each sequence's cache when the decode steps start. */
+const DECODE_CONTEXT = 16;
+
 export interface LinkRecord {
   /** The transport that carried the collectives. */
   transport: LinkTransport;
   rate: string;
   tp: number;
   p: number;
-  phase: 'train' | 'prefill';
+  phase: LinkPhase;
   ms: number;
   comm_ms: number;
   bytes: number;
@@ -194,7 +203,7 @@ interface WorkerSpec {
 
 interface WorkerResult {
   p: number;
-  phase: 'train' | 'prefill';
+  phase: LinkPhase;
   ms: number;
   comm_ms: number;
   bytes: number;
@@ -351,7 +360,7 @@ class PhaseTimes {
 
   constructor(
     readonly p: number,
-    readonly phase: 'train' | 'prefill',
+    readonly phase: LinkPhase,
   ) {}
 
   /** Run `fn` once, the ranks starting together; `keep` false for a warm-up run. */
@@ -436,14 +445,33 @@ async function worker(): Promise<void> {
     });
     const calibrator = new LinkCalibrator(comm, be);
     const rounds = Math.max(spec.steps, PREFILL_ROUNDS);
+    // Decode: the serving engine's step (forwardBatch) of 1 and of 32 sequences, each with
+    // DECODE_CONTEXT tokens in its cache to begin with and one more per round.
+    const decodeLen = DECODE_CONTEXT + rounds + 2;
+    const decodes = prefills.map((x) => {
+      const d = [1, 32].map((n) => ({ n, cache: x.model.createCache(n, decodeLen), times: new PhaseTimes(x.times.p, n === 1 ? 'decode1' : 'decode32') }));
+      return { model: x.model, d };
+    });
+    for (const x of decodes) {
+      for (const d of x.d) {
+        await x.model.forwardBatch(prompt.subarray(0, d.n * DECODE_CONTEXT), Array.from({ length: d.n }, (_, b) => ({ slot: b, pos: 0, n: DECODE_CONTEXT, allLogits: false })), d.cache);
+      }
+    }
     for (let i = 0; i <= rounds; i++) {
       for (const x of prefills) {
         x.cache.len = 0;
         await x.times.time(comm, i > 0, () => x.model.forwardIncremental(prompt, T, x.cache));
       }
+      for (const x of decodes) {
+        for (const d of x.d) {
+          const seqs = Array.from({ length: d.n }, (_, b) => ({ slot: b, pos: DECODE_CONTEXT + i, n: 1, allLogits: false }));
+          await d.times.time(comm, i > 0, () => x.model.forwardBatch(prompt.subarray(i, i + d.n), seqs, d.cache));
+        }
+      }
       await calibrator.round(i > 0);
     }
     for (const x of prefills) out.push(x.times.result());
+    for (const d of [0, 1]) for (const x of decodes) out.push(x.d[d]!.times.result());
     const calibration = calibrator.result();
     if (rank === 0) process.stdout.write(`${RESULT_PREFIX}${JSON.stringify({ calibration, results: out })}\n`);
   } catch (e) {
@@ -678,7 +706,7 @@ export function linkRecords(rate: string, bps: number, tp: number, res: RateResu
   const out: LinkRecord[] = [];
   const { alpha_ms: alpha, ms_per_byte: beta } = res.calibration;
   const betaNominal = (((2 * (tp - 1)) / tp) * 8 * 1000) / bps;
-  for (const phase of ['train', 'prefill'] as const) {
+  for (const phase of LINK_PHASES) {
     const rows = res.results.filter((r) => r.phase === phase);
     const base = rows.find((r) => r.p === 1);
     if (!base) continue;
@@ -747,7 +775,7 @@ export async function benchLinkCommand(o: BenchLinkOptions): Promise<void> {
   if (!o.json) {
     for (const l of formatMachine(describeMachine())) log(l);
     log(
-      `bench link: TP ${tp}, small config (h ${c.model.hidden}, L ${c.model.layers}, V ${c.model.vocab}), train batch ${batch}×${c.model.seqLen}, prefill 2×${c.model.seqLen} tokens, ` +
+      `bench link: TP ${tp}, small config (h ${c.model.hidden}, L ${c.model.layers}, V ${c.model.vocab}), train batch ${batch}×${c.model.seqLen}, prefill 2×${c.model.seqLen} tokens, decode steps of 1 and 32 sequences, ` +
         `backend ${be.name}; ${tp} network namespaces on a bridge, links shaped with tc tbf; ${steps} timed steps per point` +
         (transports.includes('mpi') ? `; transport ${transports.join(' then ')} (MPI: mpirun across the namespaces, TCP BTL on the shaped links)` : ''),
     );
@@ -784,11 +812,11 @@ export async function benchLinkCommand(o: BenchLinkOptions): Promise<void> {
           const r0 = recs[0];
           process.stdout.write(`\nlink ${rates[i]}, TP ${tp}, ${transport}${r0 ? `: measured ${r0.link_gbps.toFixed(3)} Gbit/s effective, ${r0.link_alpha_ms.toFixed(2)} ms per all-reduce` : ''}\n`);
           process.stdout.write(
-            `${'transport'.padEnd(10)}${'phase'.padEnd(8)}${'p'.padStart(5)}${'ms'.padStart(10)}${'comm ms'.padStart(10)}${'MB/rank'.padStart(10)}${'speedup'.padStart(9)}${'predicted'.padStart(11)}${'(nominal)'.padStart(11)}\n`,
+            `${'transport'.padEnd(10)}${'phase'.padEnd(10)}${'p'.padStart(5)}${'ms'.padStart(10)}${'comm ms'.padStart(10)}${'MB/rank'.padStart(10)}${'speedup'.padStart(9)}${'predicted'.padStart(11)}${'(nominal)'.padStart(11)}\n`,
           );
           for (const r of recs) {
             process.stdout.write(
-              `${r.transport.padEnd(10)}${r.phase.padEnd(8)}${r.p.toFixed(2).padStart(5)}${r.ms.toFixed(1).padStart(10)}${r.comm_ms.toFixed(1).padStart(10)}${(r.bytes / 1e6).toFixed(2).padStart(10)}` +
+              `${r.transport.padEnd(10)}${r.phase.padEnd(10)}${r.p.toFixed(2).padStart(5)}${r.ms.toFixed(1).padStart(10)}${r.comm_ms.toFixed(1).padStart(10)}${(r.bytes / 1e6).toFixed(2).padStart(10)}` +
                 `${r.speedup.toFixed(2).padStart(9)}${r.predicted_speedup.toFixed(2).padStart(11)}${r.nominal_predicted_speedup.toFixed(2).padStart(11)}\n`,
             );
           }

@@ -103,7 +103,7 @@ parallelOptions(
     .option('--api-key <keys>', 'require one of these comma-separated keys as Authorization: Bearer (on /v1/*)')
     .option('--api-key-file <file>', 'keys, one per line')
     .option('--cors <origin>', 'send Access-Control-Allow-Origin: <origin> (e.g. "*")')
-    .option('--chat-template <t>', 'chatml, llama3 or a JSON template file (without one, chat requests get a 400)')
+    .option('--chat-template <t>', 'chatml, llama3 or a Jinja template file (default: the run\'s chat_template.jinja or tokenizer_config.json chat_template; none: chat requests get a 400)')
     .option('--max-num-seqs <n>', 'sequences decoded at once (KV cache slots)', '32')
     .option('--max-batch-tokens <n>', 'tokens per engine step (decodes + prefill chunks)', '512')
     .option('--max-waiting <n>', 'sequences queued for a slot before requests get 429', '256')

@@ -7,11 +7,12 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { chatTemplate, type ChatTemplate } from '../infer/chat.js';
+import { chatTemplate, runChatTemplate, type ChatTemplate } from '../infer/chat.js';
 import { Engine } from '../infer/engine.js';
 import { InferenceServer } from '../infer/server.js';
 import { placeRanks } from '../placement/index.js';
 import { openRunForInference, type PlacementFlags } from '../placement/run.js';
+import { processMode } from '../train/process-host.js';
 import { UserError } from './run.js';
 import { num } from './train.js';
 
@@ -40,25 +41,78 @@ const positive = (name: string, v: string | undefined): number => {
   return x;
 };
 
+/** Test hook: hold the load this long after listening (CAAT_FAULT_INJECT_SERVE_LOAD_MS), so /health's loading window can be observed. */
+function loadDelayMs(): number {
+  const v = process.env['CAAT_FAULT_INJECT_SERVE_LOAD_MS'];
+  if (v === undefined) return 0;
+  const ms = Number(v);
+  if (!Number.isFinite(ms) || ms < 0) throw new UserError(`CAAT_FAULT_INJECT_SERVE_LOAD_MS must be a non-negative number, got ${JSON.stringify(v)}`);
+  return ms;
+}
+
+const yieldToHttp = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+/**
+ * The lead process listens first (every route but /health and /metrics answers 503 "loading", /health
+ * 503 with reason "loading"), then loads the checkpoint and places the ranks, yielding to the HTTP side
+ * between the phases, then serves. Processes of other ranks load and follow.
+ */
 export async function serveCommand(f: ServeFlags): Promise<void> {
-  const run = openRunForInference(f.run, f);
-  if (run.idle) return;
-  const maxLen = run.cfg.model.seqLen;
+  const mode = processMode(f.transport, f.commTimeout);
+  const lead = mode === null || (mode !== 'idle' && mode.launch.rank === 0);
   const slots = positive('max-num-seqs', f.maxNumSeqs);
   const maxBatchTokens = positive('max-batch-tokens', f.maxBatchTokens);
+  const maxWaiting = positive('max-waiting', f.maxWaiting);
+  const maxBodyBytes = positive('max-body-bytes', f.maxBodyBytes);
+  const stuckMs = positive('stuck-timeout', f.stuckTimeout) * 1000;
+  const maxTokens = f.maxTokens === undefined ? undefined : positive('max-tokens', f.maxTokens);
   const port = num('port', f.port)!;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new UserError(`--port must be 0…65535, got ${f.port}`);
+  if (!fs.existsSync(f.run)) throw new UserError(`${f.run}: no such run folder`);
   let keys: string[] = [];
   if (f.apiKey) keys = f.apiKey.split(',').map((k) => k.trim()).filter(Boolean);
   if (f.apiKeyFile) keys.push(...fs.readFileSync(f.apiKeyFile, 'utf8').split('\n').map((k) => k.trim()).filter(Boolean));
-  let template: ChatTemplate | null = null;
-  if (f.chatTemplate) {
-    try {
-      template = chatTemplate(f.chatTemplate);
-    } catch (e) {
-      throw new UserError((e as Error).message);
-    }
+  const model = f.modelName ?? path.basename(path.resolve(f.run));
+  let server: InferenceServer | null = null;
+  let bound = 0;
+  if (lead) {
+    server = new InferenceServer({
+      model,
+      apiKeys: keys,
+      cors: f.cors ?? null,
+      maxBodyBytes,
+      maxTokensLimit: maxTokens ?? Number.MAX_SAFE_INTEGER,
+      maxPrompts: 256,
+      maxN: 16,
+      stuckMs,
+      log: f.logRequests ? (l) => process.stderr.write(`${l}\n`) : () => {},
+    });
+    bound = await server.listen(port, f.host);
+    process.stderr.write(`caat serve: listening on ${f.host}:${bound}, loading ${f.run} (/health answers 503 until it is loaded)\n`);
+    const delay = loadDelayMs();
+    if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+    await yieldToHttp();
   }
+  let run;
+  let template: ChatTemplate | null = null;
+  try {
+    run = openRunForInference(f.run, f);
+    if (run.idle) return;
+    if (lead) {
+      const eot = run.tokenizer.eotId;
+      const tokens = { bos: '', eos: eot === null ? '' : run.tokenizer.decode([eot]) };
+      try {
+        template = f.chatTemplate ? chatTemplate(f.chatTemplate, tokens) : runChatTemplate(f.run, tokens);
+      } catch (e) {
+        throw new UserError((e as Error).message);
+      }
+    }
+  } catch (e) {
+    if (server) await server.close();
+    throw e;
+  }
+  await yieldToHttp();
+  const maxLen = run.cfg.model.seqLen;
   const host = placeRanks({
     cfg: run.cfg,
     params: run.params,
@@ -79,33 +133,19 @@ export async function serveCommand(f: ServeFlags): Promise<void> {
     }
     return;
   }
-  const model = f.modelName ?? path.basename(path.resolve(f.run));
-  let server: InferenceServer | null = null;
+  if (!server) throw new Error('serve: the process of rank 0 did not start the HTTP server');
+  const srv = server;
   const engine = new Engine({
     host,
     tokenizer: run.tokenizer,
     vocab: run.tokenizer.vocabSize,
     maxBatchTokens,
-    maxWaiting: positive('max-waiting', f.maxWaiting),
-    onStep: (s) => server?.onStep(s),
+    maxWaiting,
+    onStep: (s) => srv.onStep(s),
   });
-  server = new InferenceServer({
-    engine,
-    tokenizer: run.tokenizer,
-    model,
-    apiKeys: keys,
-    cors: f.cors ?? null,
-    maxBodyBytes: positive('max-body-bytes', f.maxBodyBytes),
-    maxTokensLimit: f.maxTokens === undefined ? maxLen : positive('max-tokens', f.maxTokens),
-    maxPrompts: 256,
-    maxN: 16,
-    chatTemplate: template,
-    stuckMs: positive('stuck-timeout', f.stuckTimeout) * 1000,
-    log: f.logRequests ? (l) => process.stderr.write(`${l}\n`) : () => {},
-  });
-  const bound = await server.listen(port, f.host);
-  process.stderr.write(`caat serve: ${model} (TP ${run.cfg.parallel.tp}, p ${run.cfg.parallel.p}, ${host.placement}, ${slots} slots × ${maxLen} tokens) on http://${f.host}:${bound}/v1\n`);
-  const srv = server;
+  srv.o.maxTokensLimit = maxTokens ?? maxLen;
+  srv.ready({ engine, tokenizer: run.tokenizer, chatTemplate: template });
+  process.stderr.write(`caat serve: ${model} (TP ${run.cfg.parallel.tp}, p ${run.cfg.parallel.p}, ${host.placement}, ${slots} slots × ${maxLen} tokens, chat template ${template ? template.name : 'none'}) on http://${f.host}:${bound}/v1\n`);
   await new Promise<void>((resolve, reject) => {
     host.onFailure((e) => {
       process.stderr.write(`caat: error: ${e.message}\n`);

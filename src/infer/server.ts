@@ -25,9 +25,14 @@ export class ApiError extends Error {
 
 const bad = (message: string, param: string | null): ApiError => new ApiError(400, message, 'invalid_request_error', param);
 
-export interface ServerOptions {
+/** What the server needs of the loaded model (ServerOptions or InferenceServer.ready). */
+export interface LoadedModel {
   engine: Engine;
   tokenizer: Tokenizer;
+  chatTemplate: ChatTemplate | null;
+}
+
+export interface ServerOptions extends Partial<LoadedModel> {
   model: string;
   /** Accepted API keys (none: no authentication). */
   apiKeys: string[];
@@ -39,7 +44,6 @@ export interface ServerOptions {
   /** Most prompts in one completions request and most choices (n). */
   maxPrompts: number;
   maxN: number;
-  chatTemplate: ChatTemplate | null;
   /** /health turns 503 when the engine has had work but no step for this long. */
   stuckMs: number;
   log: (line: string) => void;
@@ -76,15 +80,42 @@ export class InferenceServer {
   readonly metrics: ServerMetrics;
   readonly server: http.Server;
   draining = false;
-  loading = false;
+  private loaded: LoadedModel | null = null;
   private inflight = 0;
   private readonly idleWaiters: (() => void)[] = [];
 
+  /**
+   * Without engine and tokenizer in the options the server starts out loading: /health answers 503
+   * and every API route 503 until ready() hands them over (listen first, load after).
+   */
   constructor(readonly o: ServerOptions) {
-    const e = o.engine;
-    this.metrics = new ServerMetrics(o.model, { running: () => e.numRunning, waiting: () => e.numWaiting, slots: () => e.slotsUsed });
+    if (o.engine && o.tokenizer) this.loaded = { engine: o.engine, tokenizer: o.tokenizer, chatTemplate: o.chatTemplate ?? null };
+    this.metrics = new ServerMetrics(o.model, { running: () => this.loaded?.engine.numRunning ?? 0, waiting: () => this.loaded?.engine.numWaiting ?? 0, slots: () => this.loaded?.engine.slotsUsed ?? 0 });
     this.server = http.createServer((req, res) => void this.handle(req, res));
     this.server.keepAliveTimeout = 5000;
+  }
+
+  get loading(): boolean {
+    return this.loaded === null;
+  }
+
+  /** The model is loaded: start serving it. */
+  ready(m: LoadedModel): void {
+    this.loaded = m;
+  }
+
+  private get engine(): Engine {
+    if (!this.loaded) throw new ApiError(503, 'the model is loading', 'unavailable_error');
+    return this.loaded.engine;
+  }
+
+  private get tokenizer(): Tokenizer {
+    if (!this.loaded) throw new ApiError(503, 'the model is loading', 'unavailable_error');
+    return this.loaded.tokenizer;
+  }
+
+  private get chatTemplate(): ChatTemplate | null {
+    return this.loaded?.chatTemplate ?? null;
   }
 
   listen(port: number, host: string): Promise<number> {
@@ -106,8 +137,8 @@ export class InferenceServer {
   }
 
   healthy(): { ok: boolean; reason: string } {
-    const e = this.o.engine;
-    if (this.loading) return { ok: false, reason: 'loading' };
+    if (!this.loaded) return { ok: false, reason: 'loading' };
+    const e = this.loaded.engine;
     if (e.dead) return { ok: false, reason: `engine failed: ${e.dead.message}` };
     if (this.draining) return { ok: false, reason: 'draining' };
     if (e.busySince !== null && performance.now() - Math.max(e.lastStepAt, e.busySince) > this.o.stuckMs) return { ok: false, reason: `no engine step for ${Math.round((performance.now() - e.lastStepAt) / 1000)} s` };
@@ -193,11 +224,11 @@ export class InferenceServer {
         if (!this.o.apiKeys.includes(key)) throw new ApiError(401, 'invalid API key: send Authorization: Bearer <key>', 'authentication_error');
       }
       if (path === '/v1/models' && req.method === 'GET') {
-        return this.sendJson(res, 200, { object: 'list', data: [{ id: this.o.model, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'caatnet', max_model_len: this.o.engine.maxLen }] });
+        return this.sendJson(res, 200, { object: 'list', data: [{ id: this.o.model, object: 'model', created: Math.floor(Date.now() / 1000), owned_by: 'caatnet', max_model_len: this.engine.maxLen }] });
       }
       if (path === '/tokenizer_info' && req.method === 'GET') {
-        const eot = this.o.tokenizer.eotId;
-        return this.sendJson(res, 200, { eos_token: eot === null ? null : this.o.tokenizer.decode([eot]), eos_token_id: eot, vocab_size: this.o.tokenizer.vocabSize, model_max_length: this.o.engine.maxLen });
+        const eot = this.tokenizer.eotId;
+        return this.sendJson(res, 200, { eos_token: eot === null ? null : this.tokenizer.decode([eot]), eos_token_id: eot, vocab_size: this.tokenizer.vocabSize, model_max_length: this.engine.maxLen });
       }
       const known = ['/v1/completions', '/v1/chat/completions', '/tokenize', '/detokenize'];
       if (!known.includes(path)) throw new ApiError(404, `no route ${req.method} ${path}`, 'not_found_error');
@@ -207,12 +238,12 @@ export class InferenceServer {
       if (path === '/tokenize') {
         const text = body['prompt'] ?? body['text'];
         if (typeof text !== 'string') throw bad('prompt must be a string', 'prompt');
-        const tokens = this.o.tokenizer.encode(text);
-        return this.sendJson(res, 200, { tokens, count: tokens.length, max_model_len: this.o.engine.maxLen });
+        const tokens = this.tokenizer.encode(text);
+        return this.sendJson(res, 200, { tokens, count: tokens.length, max_model_len: this.engine.maxLen });
       }
       if (path === '/detokenize') {
         const tokens = this.tokenIds(body['tokens'], 'tokens');
-        return this.sendJson(res, 200, { prompt: this.o.tokenizer.decode(tokens) });
+        return this.sendJson(res, 200, { prompt: this.tokenizer.decode(tokens) });
       }
       const health = this.healthy();
       if (!health.ok) throw new ApiError(503, `the server is unavailable: ${health.reason}`, 'unavailable_error');
@@ -270,7 +301,7 @@ export class InferenceServer {
 
   private tokenIds(v: unknown, param: string): number[] {
     if (!Array.isArray(v) || v.length === 0) throw bad(`${param} must be a non-empty list of token ids`, param);
-    const V = this.o.tokenizer.vocabSize;
+    const V = this.tokenizer.vocabSize;
     for (const t of v) if (!(Number.isInteger(t) && t >= 0 && t < V)) throw bad(`${param}: token id ${JSON.stringify(t)} is not an integer in [0, ${V})`, param);
     return v as number[];
   }
@@ -321,7 +352,7 @@ export class InferenceServer {
     if (bestOf !== undefined && bestOf !== null && bestOf !== n && bestOf !== 1) throw bad('best_of other than n is not supported', 'best_of');
     const maxKey = b['max_completion_tokens'] !== undefined && b['max_completion_tokens'] !== null ? 'max_completion_tokens' : 'max_tokens';
     const maxTokens = this.num(b, maxKey, defaultMax ?? -1, 0, this.o.maxTokensLimit, true);
-    const topK = this.num(b, 'top_k', 0, -1, this.o.tokenizer.vocabSize, true);
+    const topK = this.num(b, 'top_k', 0, -1, this.tokenizer.vocabSize, true);
     return {
       n,
       stream,
@@ -344,7 +375,7 @@ export class InferenceServer {
   }
 
   private checkContext(job: Job, param: string): void {
-    const ctx = this.o.engine.maxLen;
+    const ctx = this.engine.maxLen;
     for (const p of job.prompts) {
       if (job.params.maxTokens < 0) {
         if (p.length >= ctx) throw bad(`the prompt has ${p.length} tokens; this model's context is ${ctx}`, param);
@@ -359,7 +390,7 @@ export class InferenceServer {
     const pr = b['prompt'];
     let prompts: number[][];
     let texts: string[];
-    const tok = this.o.tokenizer;
+    const tok = this.tokenizer;
     const fromText = (s: string): number[] => {
       const ids = tok.encode(s);
       if (ids.length === 0) {
@@ -416,23 +447,23 @@ export class InferenceServer {
       if (typeof content !== 'string') throw bad(`messages[${i}].content must be a string or a list of text parts`, `messages[${i}].content`);
       return { role: r, content };
     });
-    if (!this.o.chatTemplate) throw bad('this model has no chat template: start the server with --chat-template chatml|llama3|FILE, or use /v1/completions', 'messages');
-    const text = this.o.chatTemplate.render(messages);
-    const prompt = this.o.tokenizer.encode(text);
+    if (!this.chatTemplate) throw bad('this model has no chat template (the run has no chat_template.jinja or tokenizer_config.json chat_template): start the server with --chat-template chatml|llama3|FILE (a Jinja template), or use /v1/completions', 'messages');
+    const text = this.chatTemplate.render(messages);
+    const prompt = this.tokenizer.encode(text);
     const lp = this.bool(b, 'logprobs', false);
     const top = this.num(b, 'top_logprobs', 0, 0, 20, true);
     if (b['top_logprobs'] !== undefined && b['top_logprobs'] !== null && !lp) throw bad('top_logprobs needs logprobs: true', 'top_logprobs');
-    const params = { ...c.params, stop: [...c.params.stop, ...this.o.chatTemplate.stop], logprobs: lp ? top : null };
+    const params = { ...c.params, stop: [...c.params.stop, ...this.chatTemplate.stop], logprobs: lp ? top : null };
     const job: Job = { kind: 'chat', prompts: [prompt], promptTexts: [text], n: c.n, stream: c.stream, includeUsage: c.includeUsage, echo: false, chatLogprobs: lp, params };
     this.checkContext(job, 'messages');
-    if (params.maxTokens < 0) params.maxTokens = Math.min(this.o.maxTokensLimit, this.o.engine.maxLen - prompt.length);
+    if (params.maxTokens < 0) params.maxTokens = Math.min(this.o.maxTokensLimit, this.engine.maxLen - prompt.length);
     return job;
   }
 
   // ---- running a job --------------------------------------------------------------------------------
 
   private tokenText(id: number): string {
-    return Buffer.from(this.o.tokenizer.tokenBytes(id)).toString('utf8');
+    return Buffer.from(this.tokenizer.tokenBytes(id)).toString('utf8');
   }
 
   private clamp(x: number): number {
@@ -475,14 +506,14 @@ export class InferenceServer {
           token: s,
           logprob: this.clamp(lp.logprob),
           bytes: Array.from(Buffer.from(s, 'utf8')),
-          top_logprobs: lp.top.map((t) => ({ token: this.tokenText(t.token), logprob: this.clamp(t.logprob), bytes: Array.from(this.o.tokenizer.tokenBytes(t.token)) })),
+          top_logprobs: lp.top.map((t) => ({ token: this.tokenText(t.token), logprob: this.clamp(t.logprob), bytes: Array.from(this.tokenizer.tokenBytes(t.token)) })),
         };
       }),
     };
   }
 
   private async run(job: Job, req: http.IncomingMessage, res: http.ServerResponse, entry: Record<string, unknown>, t0: number): Promise<void> {
-    const e = this.o.engine;
+    const e = this.engine;
     const created = Math.floor(Date.now() / 1000);
     const rid = `${job.kind === 'chat' ? 'chatcmpl' : 'cmpl'}-${randomUUID().replace(/-/g, '')}`;
     const object = job.kind === 'chat' ? 'chat.completion' : 'text_completion';
