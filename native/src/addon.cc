@@ -16,6 +16,8 @@
 // full shape validation first and turns misuse into KernelErrors.
 #include <napi.h>
 #include <omp.h>
+#include <pthread.h>
+#include <signal.h>
 
 #include <algorithm>
 #include <atomic>
@@ -67,6 +69,38 @@ void setThreadsImpl(int n) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Signals
+// ---------------------------------------------------------------------------------------------
+
+// oneDNN 2.x's JIT sgemm kernels (behind dnnl_sgemm and the matmul primitive's gemm-based
+// implementations) use RSP as a general-purpose register pointing into the heap while they run; a
+// signal delivered to the thread then (SIGPROF from `node --cpu-prof`, SIGCHLD, SIGTERM, SIGINT, ...)
+// makes the kernel write its signal frame over the heap ("corrupted size vs. prev_size", or silent
+// corruption). Every call into such code runs with the asynchronous signals blocked on the calling
+// thread; they are delivered when the mask is restored, right after the call. Synchronous faults
+// (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP) stay deliverable. OpenMP threads created inside such a
+// call inherit the blocked mask, so they never receive asynchronous signals either (the process still
+// receives them on its other threads).
+class SignalsBlocked {
+ public:
+  SignalsBlocked() {
+    sigset_t all;
+    sigfillset(&all);
+    for (int s : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT}) sigdelset(&all, s);
+    active_ = pthread_sigmask(SIG_BLOCK, &all, &saved_) == 0;
+  }
+  ~SignalsBlocked() {
+    if (active_) pthread_sigmask(SIG_SETMASK, &saved_, nullptr);
+  }
+  SignalsBlocked(const SignalsBlocked&) = delete;
+  SignalsBlocked& operator=(const SignalsBlocked&) = delete;
+
+ private:
+  sigset_t saved_;
+  bool active_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------
 // GEMM implementations
 // ---------------------------------------------------------------------------------------------
 
@@ -93,7 +127,11 @@ constexpr int kDefaultBlas = kOpenBlas;
 #if defined(CAAT_HAVE_ONEDNN)
 void onednnGemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  const dnnl_status_t st = dnnl_sgemm(tA ? 'T' : 'N', tB ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  dnnl_status_t st;
+  {
+    SignalsBlocked quiet;
+    st = dnnl_sgemm(tA ? 'T' : 'N', tB ? 'T' : 'N', M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
   if (st != dnnl_success) throw std::runtime_error("gemm: dnnl_sgemm failed with status " + std::to_string((int)st));
 }
 
@@ -175,6 +213,7 @@ void matmulRun(const MatmulKey& k, const void* A, const void* B, float* C) {
   e.a.set_data_handle(const_cast<void*>(A));
   e.b.set_data_handle(const_cast<void*>(B));
   e.c.set_data_handle(C);
+  SignalsBlocked quiet;
   e.prim.execute(cpuStream(), {{DNNL_ARG_SRC, e.a}, {DNNL_ARG_WEIGHTS, e.b}, {DNNL_ARG_DST, e.c}});
   cpuStream().wait();
 }
@@ -211,6 +250,7 @@ void skinnyGemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, 
   }
   const int nt = tThreads;
   if (nt > 1 && N >= 256 * nt) {
+    SignalsBlocked quiet;  // OpenMP threads first created here must not take signals during oneDNN calls
 #pragma omp parallel num_threads(nt)
     {
       const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
