@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { sweepSpecOf } from '../src/cli/sweep.js';
-import { parseEvalOutput, parseTaskOutput, readMetrics } from '../src/experiments/results.js';
+import { curveOf, parseEvalOutput, parseTaskOutput, readMetrics } from '../src/experiments/results.js';
 import { CoreScheduler } from '../src/experiments/scheduler.js';
 import { expandCells, parseSweepSpec } from '../src/experiments/sweep-config.js';
 import { runSweep, type CaatRunner } from '../src/experiments/sweep.js';
@@ -121,6 +121,18 @@ describe('CoreScheduler', () => {
     assert.equal(maxUsed, 2);
     assert.deepEqual(log, ['start a (1)', 'start b (2)', 'start wide (2)', 'start c (1)', 'start d (2)']);
     assert.deepEqual(res.map((r) => r.ok), [true, false, true, true, true]);
+  });
+});
+
+describe('the curve a sweep keeps of a cell', () => {
+  test('training loss thinned to about 400 points, every validation point kept, the last step kept', () => {
+    const m = Array.from({ length: 2148 }, (_, i) => ({ step: i + 1, loss: 10 - i / 1000, ms_per_step: 1, ...((i + 1) % 100 === 0 || i === 2147 ? { val_loss: 9 - i / 1000 } : {}) }));
+    const c = curveOf(m);
+    assert.ok(c.length <= 400 + 22 && c.length >= 350, `${c.length} points`);
+    assert.deepEqual(c.filter((x) => x.val_loss !== undefined).map((x) => x.step), [...Array.from({ length: 21 }, (_, i) => (i + 1) * 100), 2148]);
+    assert.equal(c.at(-1)!.step, 2148);
+    assert.equal(c[0]!.step, 1);
+    for (const x of c) assert.equal(x.loss, m[x.step - 1]!.loss);
   });
 });
 

@@ -10,7 +10,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { readMetrics, type ResultRow } from '../src/experiments/results.js';
+import { loadReportData } from '../src/experiments/report.js';
+import { curveFile, readCurve, readMetrics, type ResultRow } from '../src/experiments/results.js';
 import { writeSmallCorpus } from './helpers/corpus.js';
 import { repoRoot } from './helpers/paths.js';
 import { running } from './helpers/procs.js';
@@ -102,6 +103,42 @@ describe('caat sweep', () => {
     assert.match(r2.stderr, /8 complete, 0 to run/);
     assert.deepEqual(fs.readFileSync(path.join(out, 'results.jsonl')), before);
     assert.deepEqual(fs.readdirSync(path.join(out, 'state')).map((c) => fs.statSync(path.join(out, 'state', c, 'train.log')).mtimeMs), logs);
+  });
+
+  test("the sweep's record alone (sweep.json, results.jsonl, curves/) continues: only the cells it lacks run, to the same numbers", () => {
+    const ref = path.join(tmp, 'ref');
+    const out = path.join(tmp, 'record');
+    fs.mkdirSync(out);
+    fs.copyFileSync(path.join(ref, 'sweep.json'), path.join(out, 'sweep.json'));
+    fs.cpSync(path.join(ref, 'curves'), path.join(out, 'curves'), { recursive: true });
+    const all = rows(ref);
+    assert.equal(fs.readdirSync(path.join(ref, 'curves')).length, 8);
+    const missing = ['tp2-p0.5-seed2', 'tp4-p1-seed1'];
+    const write = (rs: ResultRow[]) => fs.writeFileSync(path.join(out, 'results.jsonl'), rs.map((x) => `${JSON.stringify(x)}\n`).join(''));
+    write(all.filter((x) => !missing.includes(x.cell)));
+    for (const c of missing) fs.rmSync(curveFile(out, c));
+    const r = run(['sweep', '--config', sweepFile, '--out', out]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /6 cells complete in .*results\.jsonl without their folders/);
+    assert.match(r.stderr, /6 complete, 2 to run/);
+    assert.deepEqual(fs.readdirSync(path.join(out, 'cells')).sort(), [...missing].sort());
+    // the two cells run alone give the numbers and curves of the whole sweep
+    assert.deepEqual(rows(out).map(numbers), all.map(numbers));
+    for (const x of all) assert.deepEqual(readCurve(curveFile(out, x.cell)), readCurve(curveFile(ref, x.cell)), x.cell);
+    // the report draws every cell's curve, from the run folder or from curves/
+    fs.rmSync(path.join(out, 'cells'), { recursive: true });
+    fs.rmSync(path.join(out, 'state'), { recursive: true });
+    const fromRecord = loadReportData([out]).rows;
+    const fromRef = loadReportData([ref]).rows;
+    assert.equal(fromRecord.length, 8);
+    assert.deepEqual(fromRecord.map((x) => x.curve), fromRef.map((x) => x.curve));
+    assert.ok(fromRecord.every((x) => x.curve.length > 0 && x.curve.at(-1)!.step === STEPS));
+    // a recorded row made with other settings is refused, naming the cell, before anything runs
+    write(all.map((x) => (x.cell === 'tp2-p1-seed1' ? { ...x, settings: { ...x.settings, lr: 0.5 } } : x)));
+    const bad = run(['sweep', '--config', sweepFile, '--out', out]);
+    assert.notEqual(bad.status, 0);
+    assert.match(bad.stderr, /cell tp2-p1-seed1 was recorded with other settings/);
+    assert.ok(!fs.existsSync(path.join(out, 'cells')));
   });
 
   test('cells that crash are recorded, the others go on, and a restart resumes them to the same bits', () => {

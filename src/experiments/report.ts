@@ -13,7 +13,7 @@
 import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import * as path from 'node:path';
-import { readMetrics, readResults, type ResultRow, type TaskMetric } from './results.js';
+import { curveFile, curveOf, readCurve, readMetrics, readResults, type ResultRow, type TaskMetric } from './results.js';
 
 export interface ReportRow {
   cell: string;
@@ -44,12 +44,6 @@ export interface ReportData {
   sources: string[];
 }
 
-/** At most `max` points of a curve (every k-th step, the last one always kept). */
-function thin<T extends { step: number }>(xs: T[], max = 400): T[] {
-  if (xs.length <= max) return xs;
-  const k = Math.ceil(xs.length / max);
-  return xs.filter((_, i) => i % k === 0 || i === xs.length - 1);
-}
 
 function readBench(file: string): BenchRecord[] {
   const out: BenchRecord[] = [];
@@ -98,12 +92,15 @@ function rowFromRunDir(dir: string): ReportRow {
     tasks: [],
     commBytes: typeof last?.comm_bytes === 'number' ? last.comm_bytes : null,
     quality: 'training',
-    curve: thin(m.map((r) => ({ step: r.step, loss: r.loss, ...(typeof r.val_loss === 'number' ? { val_loss: r.val_loss } : {}) }))),
+    curve: curveOf(m),
   };
 }
 
 function rowFromResult(sweepDir: string, r: ResultRow): ReportRow {
+  // the cell's run folder when it is there, else the curve the sweep kept beside results.jsonl
   const m = readMetrics(path.join(sweepDir, r.dir));
+  const kept = curveFile(sweepDir, r.cell);
+  const curve = m.length === 0 && fs.existsSync(kept) ? readCurve(kept) : curveOf(m);
   return {
     cell: r.cell,
     source: path.join(sweepDir, r.dir),
@@ -113,7 +110,7 @@ function rowFromResult(sweepDir: string, r: ResultRow): ReportRow {
     commBytes: r.comm_bytes_per_step?.total ?? null,
     quality: 'eval',
     ...(r.status === 'failed' ? { failed: r.error ?? 'failed' } : {}),
-    curve: thin(m.map((x) => ({ step: x.step, loss: x.loss, ...(typeof x.val_loss === 'number' ? { val_loss: x.val_loss } : {}) }))),
+    curve,
   };
 }
 

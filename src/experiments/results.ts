@@ -216,3 +216,48 @@ export function readResults(file: string): ResultRow[] {
       }
     });
 }
+
+/** One point of a loss curve: the training loss of a step and, at validation steps, the validation loss. */
+export interface CurvePoint {
+  step: number;
+  loss: number;
+  val_loss?: number;
+}
+
+/** At most `max` points of a curve (every k-th step, the last one always kept). */
+export function thinCurve<T extends { step: number }>(xs: T[], max = 400): T[] {
+  if (xs.length <= max) return xs;
+  const k = Math.ceil(xs.length / max);
+  return xs.filter((_, i) => i % k === 0 || i === xs.length - 1);
+}
+
+/**
+ * A run's loss curve from its metrics.jsonl: the training loss thinned to at most 400 points, and every
+ * step that has a validation loss (those are few and must not be thinned away).
+ */
+export function curveOf(m: MetricsRecord[]): CurvePoint[] {
+  const pts: CurvePoint[] = m.map((r) => ({ step: r.step, loss: r.loss, ...(typeof r.val_loss === 'number' ? { val_loss: r.val_loss } : {}) }));
+  const k = Math.max(1, Math.ceil(pts.length / 400));
+  return pts.filter((x, i) => i % k === 0 || i === pts.length - 1 || x.val_loss !== undefined);
+}
+
+/**
+ * The file that keeps a sweep cell's curve beside results.jsonl (curves/NAME.json), so that the sweep's
+ * record (sweep.json, results.jsonl, curves/) can be kept without the cells' run folders and still report.
+ */
+export function curveFile(sweepDir: string, cell: string): string {
+  return path.join(sweepDir, 'curves', `${cell}.json`);
+}
+
+export function readCurve(file: string): CurvePoint[] {
+  const o = JSON.parse(fs.readFileSync(file, 'utf8')) as unknown;
+  const bad = (why: string): never => {
+    throw new Error(`${file}: ${why}`);
+  };
+  if (!Array.isArray(o)) bad('not a JSON array of curve points');
+  return (o as unknown[]).map((x, i) => {
+    const r = x as Partial<CurvePoint>;
+    if (typeof r.step !== 'number' || typeof r.loss !== 'number') bad(`point ${i}: "step" and "loss" must be numbers`);
+    return r as CurvePoint;
+  });
+}

@@ -12,6 +12,12 @@
  *   state/NAME/           config.json (its `caat train --config` file), eval.json, tasks.json,
  *                         times.json, train.log, eval.log
  *   results.jsonl         one row per cell (src/experiments/results.ts)
+ *   curves/NAME.json      each finished cell's loss curve (at most 400 points), for the report
+ *
+ * sweep.json, results.jsonl and curves/ are the sweep's record: they can be kept (committed, copied to
+ * another machine) without cells/ and state/, which hold the checkpoints. A cell whose folders are gone
+ * but whose row in results.jsonl is complete, with the same settings, counts as done, so the same
+ * command run on that record trains only the cells it lacks.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -20,7 +26,7 @@ import * as path from 'node:path';
 import cliProgress from 'cli-progress';
 import { UserError } from '../cli/run.js';
 import { writeFileAtomic } from '../io/atomic.js';
-import { buildRow, latestCheckpointStep, parseEvalOutput, parseTaskOutput, readMetrics, writeResults, type EvalResult, type ResultRow, type TaskMetric } from './results.js';
+import { buildRow, curveFile, curveOf, latestCheckpointStep, parseEvalOutput, parseTaskOutput, readMetrics, readResults, writeResults, type EvalResult, type ResultRow, type TaskMetric } from './results.js';
 import { CoreScheduler } from './scheduler.js';
 import { expandCells, type Cell, type SweepSpec } from './sweep-config.js';
 
@@ -154,6 +160,31 @@ function cellState(c: Cell, p: CellPaths, tasks: string[] | undefined): { traine
   return { trained, ckpt, evaluated, tasksDone };
 }
 
+/**
+ * The rows of an earlier results.jsonl that stand for cells whose folders were removed: complete (status
+ * ok, trained to the cell's steps, evaluated, with zero-shot task results when the sweep names tasks) and
+ * made with exactly the cell's settings. Such a cell is not run again.
+ */
+function recordedRows(cells: Cell[], out: string, tasks: string[] | undefined): Map<string, ResultRow> {
+  const adopted = new Map<string, ResultRow>();
+  const file = path.join(out, 'results.jsonl');
+  if (!fs.existsSync(file)) return adopted;
+  const byCell = new Map(readResults(file).map((r) => [r.cell, r]));
+  for (const c of cells) {
+    const r = byCell.get(c.name);
+    const p = new CellPaths(out, c.name);
+    if (!r || fs.existsSync(p.runDir) || fs.existsSync(p.stateDir)) continue;
+    if (r.status !== 'ok' || r.step !== c.steps || typeof r.metrics?.['val_loss'] !== 'number') continue;
+    if (JSON.stringify(r.settings) !== JSON.stringify(c.settings)) {
+      throw new UserError(`${file}: cell ${c.name} was recorded with other settings than the sweep's; use another --out or remove that row`);
+    }
+    if (tasks && !r.tasks?.length) continue; // evaluated before the sweep named zero-shot tasks
+
+    adopted.set(c.name, r);
+  }
+  return adopted;
+}
+
 /** Refuse, before anything runs, a sweep folder whose cells were made with other settings. */
 function checkFolder(cells: Cell[], out: string): void {
   for (const c of cells) {
@@ -254,12 +285,14 @@ export async function runSweep(o: SweepOptions): Promise<SweepSummary> {
   const cells = expandCells(o.spec);
   const out = o.out;
   checkFolder(cells, out);
+  const recorded = recordedRows(cells, out, o.spec.evalTasks);
   const cores = o.cores ?? o.spec.cores ?? (os.availableParallelism?.() ?? os.cpus().length);
   const jobs = o.jobs ?? o.spec.jobs ?? cores;
   const tooWide = cells.find((c) => c.cores > cores);
   if (tooWide) log(`note: cell ${tooWide.name} uses ${tooWide.cores} worker threads, more than the ${cores} cores; such cells run alone`);
   fs.mkdirSync(path.join(out, 'cells'), { recursive: true });
   fs.mkdirSync(path.join(out, 'state'), { recursive: true });
+  fs.mkdirSync(path.join(out, 'curves'), { recursive: true });
   writeFileAtomic(path.join(out, 'sweep.json'), `${JSON.stringify({ spec: { ...o.spec }, cells: cells.map((c) => ({ name: c.name, grid: c.grid, settings: c.settings })) }, null, 2)}\n`);
 
   const children = new Set<ChildProcess>();
@@ -319,10 +352,15 @@ export async function runSweep(o: SweepOptions): Promise<SweepSummary> {
 
   let skipped = 0;
   const todo: Cell[] = [];
+  if (recorded.size) log(`sweep: ${recorded.size} cells complete in ${path.join(out, 'results.jsonl')} without their folders; kept as recorded`);
   for (const c of cells) {
     const p = new CellPaths(out, c.name);
     const s = cellState(c, p, tasks);
-    if (s.trained && s.evaluated && s.tasksDone) {
+    const rec = recorded.get(c.name);
+    if (rec) {
+      skipped++;
+      rows.set(c.name, rec);
+    } else if (s.trained && s.evaluated && s.tasksDone) {
       skipped++;
       rows.set(c.name, rowOf(c, p));
     } else todo.push(c);
@@ -385,6 +423,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepSummary> {
               writeFileAtomic(p.tasksJson, `${JSON.stringify({ tasks, step: c.steps, results: parseTaskOutput(r.stdout) })}\n`);
             }
             const row = rowOf(c, p);
+            writeFileAtomic(curveFile(out, c.name), `${JSON.stringify(curveOf(readMetrics(p.runDir)))}\n`);
             rows.set(c.name, row);
             flushResults();
             const vl = row.metrics['val_loss'];
