@@ -210,7 +210,7 @@ export function markdownSummary(data: ReportData, title: string): string {
   const out: string[] = [`# ${title}`, ''];
   const failed = data.rows.filter((r) => r.failed);
   const q = data.rows.some((r) => r.quality === 'training') ? ' (run folders: quality is the last validation loss measured during training)' : '';
-  out.push(`${data.rows.length} cells from ${data.sources.join(', ')}${q}; mean ± standard error over seeds (n = seeds).${failed.length ? ` ${failed.length} failed: ${failed.map((r) => r.cell).join(', ')}.` : ''}`, '');
+  out.push(`${data.rows.length} cells from ${data.sources.join(', ')}${q}; mean ± standard error over seeds (n = seeds); MB/step per rank is the payload each rank all-reduces per training step (a ring all-reduce sends 2(N − 1)/N of it from each rank).${failed.length ? ` ${failed.length} failed: ${failed.map((r) => r.cell).join(', ')}.` : ''}`, '');
   out.push(`| group | N | p | n | ${metrics.join(' | ')} | Δ val_loss vs p = 1 | MB/step per rank |`);
   out.push(`|---|---|---|---|${metrics.map(() => '---|').join('')}---|---|`);
   for (const l of lines) {
