@@ -116,6 +116,46 @@ for (const name of ['js', 'wasm', 'native'] as const) {
       }
     });
 
+    test('gemmBf16W (float32 A, bf16 weights [N, K]) is within the float32 summation bound of the exact product, M = 1…33, long K, strided', () => {
+      const r = rng(13);
+      for (const [M, N, K] of [[1, 37, 70], [2, 19, 513], [3, 8, 40], [5, 33, 129], [8, 17, 64], [9, 21, 77], [33, 18, 50], [1, 5, 9001], [4, 3, 2200]] as const) {
+        for (const beta of [0, 1]) {
+          const lda = K + 3;
+          const ldb = K + 5;
+          const ldc = N + 2;
+          const A = new Float32Array(1 + M * lda).map(() => r() * 2 - 1);
+          const B = new Uint16Array(4 + N * ldb);
+          for (let i = 0; i < B.length; i++) B[i] = bf16Bits(r() * 2 - 1);
+          const C0 = new Float32Array(1 + M * ldc).map(() => r());
+          const C = C0.slice();
+          b.gemmBf16W(M, N, K, 0.5, A, 1, lda, B, 4, ldb, beta, C, 1, ldc);
+          for (let i = 0; i < M; i++) {
+            for (let j = 0; j < N; j++) {
+              let exact = 0;
+              let mag = 0;
+              for (let k = 0; k < K; k++) {
+                const p = A[1 + i * lda + k]! * bf16Value(B[4 + j * ldb + k]!);
+                exact += p;
+                mag += Math.abs(p);
+              }
+              const c0 = C0[1 + i * ldc + j]!;
+              const want = 0.5 * exact + beta * c0;
+              const bound = (K + 4) * 2 ** -24 * (0.5 * mag + Math.abs(beta * c0)) + 1e-30;
+              const got = C[1 + i * ldc + j]!;
+              assert.ok(Math.abs(got - want) <= bound, `${M}x${N}x${K} beta ${beta} [${i},${j}]: ${got} vs ${want} (bound ${bound})`);
+            }
+          }
+          // nothing outside C's rows was written
+          for (let i = 0; i < M; i++) for (let j = N; j < ldc && 1 + i * ldc + j < C.length; j++) assert.equal(C[1 + i * ldc + j], C0[1 + i * ldc + j]);
+          assert.equal(C[0], C0[0]);
+        }
+      }
+      assert.throws(() => b.gemmBf16W(2, 2, 2, 1, new Float32Array(4), 0, 2, new Float32Array(4) as unknown as Uint16Array, 0, 2, 0, new Float32Array(4), 0, 2),
+        (e: unknown) => e instanceof KernelError && /gemmBf16W: buffer B must be a Uint16Array/.test(e.message));
+      assert.throws(() => b.gemmBf16W(2, 2, 2, 1, new Float32Array(4), 0, 2, new Uint16Array(3), 0, 2, 0, new Float32Array(4), 0, 2),
+        (e: unknown) => e instanceof KernelError && /gemmBf16W: buffer B too short/.test(e.message));
+    });
+
     test('gemmBf16 refuses float32 operands and short buffers, naming them', () => {
       const C = new Float32Array(4);
       assert.throws(() => b.gemmBf16(false, false, 2, 2, 2, 1, new Float32Array(4) as unknown as Uint16Array, 0, 2, new Uint16Array(4), 0, 2, 0, C, 0, 2),

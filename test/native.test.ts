@@ -280,6 +280,23 @@ describe('native backend', { skip: skipAll }, () => {
           for (const tB of [false, true]) cmp('gemm/' + path, () => { const o = [new Float32Array(r * 19), new Float32Array(r * 19)], b = rand(c * 19); nb.gemm(false, tB, r, 19, c, 1, x, 0, c, b, 0, tB ? c : 19, 0, o[0], 0, 19); js.gemm(false, tB, r, 19, c, 1, x, 0, c, b, 0, tB ? c : 19, 0, o[1], 0, 19); return o; });
         }
       }
+      // bf16 weights: against js on the widened weights; in the AVX2 build, M <= 8 gives exactly the
+      // float32 skinny kernel's bits on the widened weights (same products, same order)
+      setNativeGemmPath('auto');
+      for (const [m, n, k] of [[1, 37, 70], [3, 19, 1000], [8, 21, 64], [12, 9, 33]]) {
+        const a = rand(m * k), w16 = new Uint16Array(n * k), ww = new Float32Array(n * k);
+        nb.toBf16(w16, rand(n * k), n * k);
+        nb.fromBf16(ww, w16, n * k);
+        cmp('gemmBf16W', () => { const o = [new Float32Array(m * n), new Float32Array(m * n)]; nb.gemmBf16W(m, n, k, 1, a, 0, k, w16, 0, k, 0, o[0], 0, n); js.gemm(false, true, m, n, k, 1, a, 0, k, ww, 0, k, 0, o[1], 0, n); return o; });
+        if (m <= 8 && nativeInfo().isa === 'avx2') {
+          setNativeGemmPath('skinny');
+          const o = [new Float32Array(m * n), new Float32Array(m * n)];
+          nb.gemmBf16W(m, n, k, 1, a, 0, k, w16, 0, k, 0, o[0], 0, n);
+          nb.gemm(false, true, m, n, k, 1, a, 0, k, ww, 0, k, 0, o[1], 0, n);
+          setNativeGemmPath('auto');
+          o[0].forEach((x, i) => { if (x !== o[1][i]) throw new Error('gemmBf16W ' + m + 'x' + n + 'x' + k + ' [' + i + ']: ' + x + ' vs the float32 skinny kernel ' + o[1][i]); });
+        }
+      }
       console.log(JSON.stringify(worst));`;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
       encoding: 'utf8',

@@ -389,6 +389,35 @@ void widenBf16(float* dst, const uint16_t* src, int64_t ld, int64_t rows, int64_
   for (int64_t r = 0; r < rows; r++) fromBf16Impl(dst + r * cols, src + r * ld, cols);
 }
 
+// C = alpha·A·Bᵀ + beta·C with A float32 [M, K] and B bf16 bit patterns [N, K] (weights kept in bf16
+// for decoding): M ≤ 8 through the skinny kernel reading B at 2 bytes per element (columns split over
+// the threads as skinnyGemm does); larger M widens B exactly into a float32 buffer and runs the
+// float32 dispatch, whose result then equals gemm on the widened weights.
+void gemmBf16WImpl(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const uint16_t* B,
+                   int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (M > 8 || K <= 0) {
+    thread_local std::vector<float> wb;
+    wb.resize((size_t)std::max<int64_t>(1, N * K));
+    if (K > 0) widenBf16(wb.data(), B, ldb, N, K);
+    gemmF32(false, true, M, N, K, alpha, A, lda, wb.data(), std::max<int64_t>(1, K), beta, C, ldc);
+    return;
+  }
+  const int nt = tThreads;
+  if (nt > 1 && N >= 256 * nt) {
+    SignalsBlocked quiet;
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t chunk = (((N + T - 1) / T) + 15) & ~int64_t(15);
+      const int64_t j0 = t * chunk, j1 = std::min(N, j0 + chunk);
+      if (j0 < j1) KT.skinnyGemmBf16(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, j0, j1);
+    }
+  } else {
+    KT.skinnyGemmBf16(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 0, N);
+  }
+}
+
 // bf16 path: 0 automatic (the matmul primitive where the CPU has bf16 hardware, else widen to fp32),
 // 1 always widen, 2 always the matmul primitive (whatever implementation oneDNN has; for tests).
 std::atomic<int> gBf16Path{0};
@@ -672,6 +701,28 @@ Napi::Value GemmBf16(const Napi::CallbackInfo& info) {
   }
   try {
     gemmBf16Impl(tA, tB, M, N, K, alpha, A.p + offA, lda, B.p + offB, ldb, beta, C.p + offC, ldc, impl);
+  } catch (const std::exception& e) {
+    fail(info.Env(), k, e.what());
+  }
+  return info.Env().Undefined();
+}
+
+// gemmBf16W(M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc): C = alpha·A·Bᵀ + beta·C,
+// A and C Float32Arrays, B a Uint16Array of bf16 bits stored [N, K] (see gemmBf16WImpl).
+Napi::Value GemmBf16W(const Napi::CallbackInfo& info) {
+  const char* k = "gemmBf16W";
+  const int64_t M = dim(info, 0, k), N = dim(info, 1, k), K = dim(info, 2, k);
+  const float alpha = (float)num(info, 3, k);
+  const F32 A = f32(info, 4, k, "A");
+  const int64_t offA = dim(info, 5, k), lda = dim(info, 6, k);
+  const U16 B = u16(info, 7, k, "B");
+  const int64_t offB = dim(info, 8, k), ldb = dim(info, 9, k);
+  const float beta = (float)num(info, 10, k);
+  const F32 C = f32(info, 11, k, "C");
+  const int64_t offC = dim(info, 12, k), ldc = dim(info, 13, k);
+  checkSpans(info, k, false, true, M, N, K, A.n, offA, lda, B.n, offB, ldb, C.n, offC, ldc);
+  try {
+    gemmBf16WImpl(M, N, K, alpha, A.p + offA, lda, B.p + offB, ldb, beta, C.p + offC, ldc);
   } catch (const std::exception& e) {
     fail(info.Env(), k, e.what());
   }
@@ -1255,6 +1306,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("gemmTimedInC", Napi::Function::New(env, GemmTimedInC, "gemmTimedInC"));
   exports.Set("gemmBf16", Napi::Function::New(env, GemmBf16, "gemmBf16"));
   exports.Set("gemmBf16TimedInC", Napi::Function::New(env, GemmBf16TimedInC, "gemmBf16TimedInC"));
+  exports.Set("gemmBf16W", Napi::Function::New(env, GemmBf16W, "gemmBf16W"));
   exports.Set("toBf16", Napi::Function::New(env, ToBf16, "toBf16"));
   exports.Set("fromBf16", Napi::Function::New(env, FromBf16, "fromBf16"));
   exports.Set("attentionForward", Napi::Function::New(env, AttentionForward, "attentionForward"));

@@ -92,6 +92,18 @@ export function gemmBf16ViaF32(
   gemm(transA, transB, M, N, K, alpha, a, 0, Math.max(1, ac), b, 0, Math.max(1, bc), beta, C, offC, ldc);
 }
 
+/** `Backend.gemmBf16W` through a backend's float32 `gemm`: the bf16 weights B [N, K] widened exactly, then C = alpha·A·Bᵀ + beta·C. */
+export function gemmBf16WViaF32(
+  gemm: (tA: boolean, tB: boolean, M: number, N: number, K: number, alpha: number, A: Float32Array, offA: number, lda: number,
+    B: Float32Array, offB: number, ldb: number, beta: number, C: Float32Array, offC: number, ldc: number) => void,
+  M: number, N: number, K: number, alpha: number, A: Float32Array, offA: number, lda: number,
+  B: Uint16Array, offB: number, ldb: number, beta: number, C: Float32Array, offC: number, ldc: number,
+): void {
+  if (M === 0 || N === 0) return;
+  const b = widen(1, B, offB, ldb, N, K);
+  gemm(false, true, M, N, K, alpha, A, offA, lda, b, 0, Math.max(1, K), beta, C, offC, ldc);
+}
+
 /** toBf16Ref on the float32 bit patterns directly (same results, no per-element float32 store). */
 export function toBf16Fast(out: Uint16Array, x: Float32Array, n: number): void {
   const u = new Uint32Array(x.buffer, x.byteOffset, n);

@@ -125,6 +125,27 @@ export function checkGemmBf16(
   }
 }
 
+/** The checks of `gemmBf16W`: A float32 [M, K], B bf16 bit patterns [N, K], C float32. */
+export function checkGemmBf16W(
+  M: number, N: number, K: number, A: Float32Array, offA: number, lda: number,
+  B: Uint16Array, offB: number, ldb: number, C: Float32Array, offC: number, ldc: number,
+): void {
+  const k = 'gemmBf16W';
+  if (!(A instanceof Float32Array)) throw new KernelError(k, 'buffer A must be a Float32Array');
+  if (!(B instanceof Uint16Array)) throw new KernelError(k, 'buffer B must be a Uint16Array of bf16 bit patterns');
+  if (!(C instanceof Float32Array)) throw new KernelError(k, 'buffer C must be a Float32Array');
+  dim(k, 'M', M); dim(k, 'N', N); dim(k, 'K', K);
+  dim(k, 'offA', offA); dim(k, 'offB', offB); dim(k, 'offC', offC);
+  if (!Number.isInteger(lda) || lda < Math.max(1, K)) throw new KernelError(k, `lda = ${lda} is smaller than A's row length K = ${K}`);
+  if (!Number.isInteger(ldb) || ldb < Math.max(1, K)) throw new KernelError(k, `ldb = ${ldb} is smaller than B's row length K = ${K}`);
+  if (!Number.isInteger(ldc) || ldc < Math.max(1, N)) throw new KernelError(k, `ldc = ${ldc} is smaller than N = ${N}`);
+  if (M > 0 && N > 0) {
+    need(k, 'A', A, span(M, K, lda, offA), `${M}x${K} with lda ${lda} at offset ${offA}`);
+    need(k, 'B', B, span(N, K, ldb, offB), `${N}x${K} with ldb ${ldb} at offset ${offB}`);
+    need(k, 'C', C, span(M, N, ldc, offC), `${M}x${N} with ldc ${ldc} at offset ${offC}`);
+  }
+}
+
 /** Wrap an unchecked backend so that every kernel validates its arguments first. */
 export function checked(raw: Backend): Backend {
   return {
@@ -160,6 +181,10 @@ export function checked(raw: Backend): Backend {
     gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       checkGemmBf16(transA, transB, M, N, K, A, offA, lda, B, offB, ldb, C, offC, ldc);
       raw.gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
+    },
+    gemmBf16W(M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
+      checkGemmBf16W(M, N, K, A, offA, lda, B, offB, ldb, C, offC, ldc);
+      raw.gemmBf16W(M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
     },
     attentionForward(out, att, q, k, v, B, Tq, Tk, NH, NKV, HD, kvBatchStride) {
       checkAttentionForward(out, att, q, k, v, B, Tq, Tk, NH, NKV, HD, kvBatchStride);

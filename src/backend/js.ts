@@ -4,7 +4,7 @@
  * gradient checks); reductions accumulate in float64 (JS numbers) either way.
  */
 import { composedAttentionBackward, composedAttentionForward } from './attention.js';
-import { fromBf16Ref, gemmBf16ViaF32, toBf16Ref } from './bf16.js';
+import { fromBf16Ref, gemmBf16ViaF32, gemmBf16WViaF32, toBf16Ref } from './bf16.js';
 import { checked } from './check.js';
 import type { Backend, FloatArray } from './types.js';
 
@@ -38,6 +38,10 @@ export function rawJsBackend(precision: JsPrecision = 'f32'): Backend {
 
     gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       gemmBf16ViaF32(be.gemm, transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
+    },
+
+    gemmBf16W(M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
+      gemmBf16WViaF32(be.gemm, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
     },
 
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {

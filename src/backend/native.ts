@@ -108,6 +108,8 @@ interface Addon {
   gemmTimedInC(tA: boolean, tB: boolean, M: number, N: number, K: number, A: F32, B: F32, C: F32, repeats: number, impl?: number): number;
   gemmBf16(tA: boolean, tB: boolean, M: number, N: number, K: number, alpha: number, A: Uint16Array, offA: number, lda: number,
     B: Uint16Array, offB: number, ldb: number, beta: number, C: F32, offC: number, ldc: number, impl?: number): void;
+  gemmBf16W(M: number, N: number, K: number, alpha: number, A: F32, offA: number, lda: number, B: Uint16Array, offB: number, ldb: number,
+    beta: number, C: F32, offC: number, ldc: number): void;
   gemmBf16TimedInC(tA: boolean, tB: boolean, M: number, N: number, K: number, A: Uint16Array, B: Uint16Array, C: F32, repeats: number): number;
   toBf16(out: Uint16Array, x: F32, n: number): void;
   fromBf16(out: F32, x: Uint16Array, n: number): void;
@@ -266,6 +268,11 @@ function rawNativeBackend(addon: Addon, threads: number, forced: { id: number; n
     gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       t();
       addon.gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc, impl);
+    },
+
+    gemmBf16W(M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
+      t();
+      addon.gemmBf16W(M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
     },
 
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {

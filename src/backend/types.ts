@@ -182,6 +182,29 @@ export interface Backend {
     ldc: number,
   ): void;
 
+  /**
+   * C = alpha · A · Bᵀ + beta · C with A float32 [M, K] (lda), B bf16 bit patterns stored [N, K] (ldb)
+   * and C float32: the GEMM of decoding with weights held in bf16 (half the bytes read per token). Every
+   * product is the float32 product of A and the exactly widened weight, so the result is that of `gemm`
+   * on float32 weights rounded to bf16, up to the summation order the backend fixes for the call.
+   */
+  gemmBf16W(
+    M: number,
+    N: number,
+    K: number,
+    alpha: number,
+    A: Float32Array,
+    offA: number,
+    lda: number,
+    B: Uint16Array,
+    offB: number,
+    ldb: number,
+    beta: number,
+    C: Float32Array,
+    offC: number,
+    ldc: number,
+  ): void;
+
   // ---------------------------------------------------------------------------------------------
   // Row-wise kernels
   // ---------------------------------------------------------------------------------------------

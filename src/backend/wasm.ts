@@ -22,7 +22,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { composedAttentionBackward, composedAttentionForward } from './attention.js';
-import { fromBf16Ref, gemmBf16ViaF32, toBf16Ref } from './bf16.js';
+import { fromBf16Ref, gemmBf16ViaF32, gemmBf16WViaF32, toBf16Ref } from './bf16.js';
 import { checked } from './check.js';
 import { type Backend, type BackendOptions, type FloatArray, BackendUnavailableError, KernelError } from './types.js';
 
@@ -424,6 +424,10 @@ function rawWasmBackend(rt: WasmRuntime): Backend {
 
     gemmBf16(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
       gemmBf16ViaF32(be.gemm, transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
+    },
+
+    gemmBf16W(M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {
+      gemmBf16WViaF32(be.gemm, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc);
     },
 
     gemm(transA, transB, M, N, K, alpha, A, offA, lda, B, offB, ldb, beta, C, offC, ldc) {

@@ -143,7 +143,9 @@ interface Variant {
   workers: number;
 }
 
-export async function benchInferCommand(opts: { json?: boolean; backend?: string; variants?: string; batches?: string; prefill?: string; decode?: string }): Promise<void> {
+export async function benchInferCommand(opts: { json?: boolean; backend?: string; variants?: string; batches?: string; prefill?: string; decode?: string; precision?: string }): Promise<void> {
+  const precisions = (opts.precision ?? 'fp32').split(',').map((x) => x.trim());
+  for (const x of precisions) if (x !== 'fp32' && x !== 'bf16') throw new UserError(`--precision: expected fp32, bf16 or fp32,bf16, got ${JSON.stringify(opts.precision)}`);
   const cfgModel = { ...BENCH_CONFIGS.small.model, seqLen: 1024 };
   const prefillLen = Number(opts.prefill ?? 512);
   const decodeLen = Number(opts.decode ?? 128);
@@ -165,18 +167,24 @@ export async function benchInferCommand(opts: { json?: boolean; backend?: string
   const bw0 = reader.result;
   out({ kind: 'bandwidth', read_bytes_per_s: bw0.readBytesPerS, wasm_read_bytes_per_s: bw0.wasmBytesPerS, native_read_bytes_per_s: bw0.nativeBytesPerS, machine });
   if (!opts.json) process.stdout.write(`single-core read bandwidth ${(bw0.readBytesPerS / 1e9).toFixed(2)} GB/s (256 MiB streaming read: wasm ${(bw0.wasmBytesPerS / 1e9).toFixed(2)}, native sum of squares ${((bw0.nativeBytesPerS ?? 0) / 1e9).toFixed(2)})\n`);
-  for (const v of variants) {
+  for (const v of variants) for (const prec of precisions as ('fp32' | 'bf16')[]) {
     const cfg = resolveConfig(cfgModel, { tp: v.tp, p: v.p });
     const params = new Map<string, Float32Array>();
+    // bytes a decode step reads per token: every weight once (one row of the embedding), the GEMM
+    // weights at 2 bytes each with bf16 weights
     let weightsPerToken = 0;
+    let weightBytesPerToken = 0;
     paramSpecs(cfg).forEach((spec, i) => {
       const full = initFull(spec, i, 1234) as Float32Array;
       params.set(spec.name, full);
-      weightsPerToken += spec.name === 'model.embed_tokens.weight' ? cfg.model.hidden : full.length;
+      const n = spec.name === 'model.embed_tokens.weight' ? cfg.model.hidden : full.length;
+      weightsPerToken += n;
+      weightBytesPerToken += n * (prec === 'bf16' && /(_proj|lm_head)\.weight$/.test(spec.name) ? 2 : 4);
     });
     const maxB = Math.max(...batches);
-    const host = placeRanks({ cfg, params, backend: opts.backend, workers: v.workers, launched: null, slots: maxB, maxLen: cfg.model.seqLen, config: {} });
+    const host = placeRanks({ cfg, params, weights: prec, backend: opts.backend, workers: v.workers, launched: null, slots: maxB, maxLen: cfg.model.seqLen, config: {} });
     const placement = `${host.placement}${v.workers ? `×${v.workers}` : ''}`;
+    const label = `TP ${v.tp} p ${v.p} ${placement}${precisions.length > 1 || prec !== 'fp32' ? ` ${prec}` : ''}`;
     const V = cfg.vocab;
     const tok = (i: number): number => (i * 2654435761) % V;
     try {
@@ -190,9 +198,9 @@ export async function benchInferCommand(opts: { json?: boolean; backend?: string
         pBytes = res.commBytes;
       }
       const pms = median(pts);
-      const rowP = { kind: 'prefill', tp: v.tp, p: v.p, placement, tokens: prefillLen, ms: pms, tokens_per_s: prefillLen / (pms / 1000), bytes_per_token: pBytes / prefillLen };
+      const rowP = { kind: 'prefill', tp: v.tp, p: v.p, placement, precision: prec, tokens: prefillLen, ms: pms, tokens_per_s: prefillLen / (pms / 1000), bytes_per_token: pBytes / prefillLen };
       out(rowP);
-      if (!opts.json) process.stdout.write(`TP ${v.tp} p ${v.p} ${placement}: prefill ${prefillLen}: ${pms.toFixed(1)} ms, ${rowP.tokens_per_s.toFixed(0)} tok/s, ${rowP.bytes_per_token.toFixed(0)} B/token\n`);
+      if (!opts.json) process.stdout.write(`${label}: prefill ${prefillLen}: ${pms.toFixed(1)} ms, ${rowP.tokens_per_s.toFixed(0)} tok/s, ${rowP.bytes_per_token.toFixed(0)} B/token\n`);
       for (const B of batches) {
         // a 16-token prompt per sequence, then decodeLen steps of B rows
         const prompt = 16;
@@ -217,23 +225,24 @@ export async function benchInferCommand(opts: { json?: boolean; backend?: string
         const total = performance.now() - t0;
         const tps = (B * decodeLen) / (total / 1000);
         const row: Record<string, unknown> = {
-          kind: 'decode', tp: v.tp, p: v.p, placement, batch: B, tokens: decodeLen, ms_per_step: median(steps), output_tokens_per_s: tps,
+          kind: 'decode', tp: v.tp, p: v.p, placement, precision: prec, batch: B, tokens: decodeLen, ms_per_step: median(steps), output_tokens_per_s: tps,
           sampler_share: sampleMs / total, bytes_per_token: bytes / (B * decodeLen),
         };
         if (roof) {
           reader.sample(3);
           const bw = reader.result.readBytesPerS;
-          const limit = bw / (weightsPerToken * 4);
+          const limit = bw / weightBytesPerToken;
           row['read_bytes_per_s'] = bw;
           row['roofline_tokens_per_s'] = limit;
           // from the median step (robust to other load on the machine) and from the mean over the run
           row['fraction_of_roofline'] = B / (median(steps) / 1000) / limit;
           row['fraction_of_roofline_mean'] = tps / limit;
-          row['weight_bytes_per_token'] = weightsPerToken * 4;
+          row['weight_bytes_per_token'] = weightBytesPerToken;
+          row['weights_per_token'] = weightsPerToken;
         }
         out(row);
         if (!opts.json) {
-          process.stdout.write(`TP ${v.tp} p ${v.p} ${placement}: decode batch ${B}: ${median(steps).toFixed(2)} ms/step, ${tps.toFixed(0)} tok/s, sampler ${(100 * (row['sampler_share'] as number)).toFixed(1)}%, ${(bytes / (B * decodeLen)).toFixed(0)} B/token` +
+          process.stdout.write(`${label}: decode batch ${B}: ${median(steps).toFixed(2)} ms/step, ${tps.toFixed(0)} tok/s, sampler ${(100 * (row['sampler_share'] as number)).toFixed(1)}%, ${(bytes / (B * decodeLen)).toFixed(0)} B/token` +
             (row['roofline_tokens_per_s'] ? `, roofline ${(row['roofline_tokens_per_s'] as number).toFixed(0)} tok/s (${(100 * (row['fraction_of_roofline'] as number)).toFixed(0)}% at the median step, ${(100 * (row['fraction_of_roofline_mean'] as number)).toFixed(0)}% over the run)` : '') + '\n');
         }
       }

@@ -50,10 +50,12 @@ export function loadPrecision(v: string | undefined): Precision {
   throw new UserError(`--precision: expected fp32 or bf16, got ${JSON.stringify(v)}`);
 }
 
+/** What generate and serve print with --precision bf16. */
+export const BF16_WEIGHTS_NOTICE = "precision: bf16 weights (every GEMM weight held in bf16 and widened exactly in the GEMM, half the bytes per decoded token; activations, the KV cache, norms and the embedding stay fp32)";
+
 /**
- * The parameters with every GEMM weight rounded to bf16 (generate --precision bf16: the decoding
- * engine's batched forward runs float32 kernels, so bf16 mode there means bf16 weights; activations and
- * the KV cache stay float32).
+ * The parameters with every GEMM weight rounded to bf16, in float32 storage: the reference that the
+ * engine's bf16 weights (RankModel.setBatchWeights) are tested against.
  */
 export function bf16RoundedWeights<T extends ArrayLike<number>>(params: Map<string, T>): Map<string, Float32Array> {
   const out = new Map<string, Float32Array>();
@@ -97,12 +99,11 @@ export async function generateCommand(f: GenerateFlags): Promise<void> {
   const maxLen = run.cfg.model.seqLen;
   if (ids.length >= maxLen) ids = ids.slice(ids.length - (maxLen - 1));
   const budget = Math.min(maxTokens, maxLen - ids.length);
-  if (precision === 'bf16' && (!run.launched || run.launched.launch.rank === 0)) {
-    process.stderr.write(`precision: bf16 weights (GEMM weights rounded to bf16; the decoding engine's activations and KV cache stay fp32)\n`);
-  }
+  if (precision === 'bf16' && (!run.launched || run.launched.launch.rank === 0)) process.stderr.write(`${BF16_WEIGHTS_NOTICE}\n`);
   const host = placeRanks({
     cfg: run.cfg,
-    params: precision === 'bf16' ? bf16RoundedWeights(run.params) : run.params,
+    params: run.params,
+    weights: precision,
     backend: f.backend,
     workers: run.workers,
     launched: run.launched,

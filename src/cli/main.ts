@@ -68,7 +68,7 @@ parallelOptions(
     .option('--top-p <x>', 'nucleus sampling mass', '0.95')
     .option('--seed <n>', 'sampling seed', '0')
     .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)')
-    .option('--precision <p>', 'fp32 (default) or bf16 (GEMM weights rounded to bf16; any checkpoint)'),
+    .option('--precision <p>', 'fp32 (default) or bf16 (GEMM weights held in bf16, half the bytes per token; any checkpoint)'),
 ).action(async (opts) => runCli(async () => (await import('./infer.js')).generateCommand(opts)));
 
 parallelOptions(
@@ -113,7 +113,8 @@ parallelOptions(
     .option('--stuck-timeout <s>', '/health turns 503 when the engine has work but no step for this long', '30')
     .option('--log-requests', 'one JSON line per request on standard error', true)
     .option('--no-log-requests', 'no request log')
-    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)'),
+    .option('--workers <m>', 'worker threads hosting the ranks (must divide the TP degree; 0 = all ranks in the main thread, the default)')
+    .option('--precision <p>', 'fp32 (default) or bf16 (GEMM weights held in bf16, half the bytes per token; any checkpoint)'),
 ).action(async (opts) => runCli(async () => (await import('./serve.js')).serveCommand(opts)));
 
 program
@@ -191,6 +192,7 @@ bench
   .option('--batches <list>', 'decode batch sizes', '1,8,32')
   .option('--prefill <n>', 'prompt tokens of the prefill measurement', '512')
   .option('--decode <n>', 'decode steps per batch size', '128')
+  .option('--precision <list>', 'fp32, bf16 (GEMM weights in bf16) or fp32,bf16 (rows for each)', 'fp32')
   .action(async (opts) => runCli(async () => (await import('../bench/infer.js')).benchInferCommand(opts)));
 
 bench

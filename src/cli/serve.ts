@@ -13,6 +13,7 @@ import { InferenceServer } from '../infer/server.js';
 import { placeRanks } from '../placement/index.js';
 import { openRunForInference, type PlacementFlags } from '../placement/run.js';
 import { processMode } from '../train/process-host.js';
+import { BF16_WEIGHTS_NOTICE, loadPrecision } from './infer.js';
 import { UserError } from './run.js';
 import { num } from './train.js';
 
@@ -33,6 +34,7 @@ export interface ServeFlags extends PlacementFlags {
   shutdownTimeout: string;
   stuckTimeout: string;
   logRequests: boolean;
+  precision?: string;
 }
 
 const positive = (name: string, v: string | undefined): number => {
@@ -60,6 +62,7 @@ const yieldToHttp = (): Promise<void> => new Promise((r) => setImmediate(r));
 export async function serveCommand(f: ServeFlags): Promise<void> {
   const mode = processMode(f.transport, f.commTimeout);
   const lead = mode === null || (mode !== 'idle' && mode.launch.rank === 0);
+  const precision = loadPrecision(f.precision);
   const slots = positive('max-num-seqs', f.maxNumSeqs);
   const maxBatchTokens = positive('max-batch-tokens', f.maxBatchTokens);
   const maxWaiting = positive('max-waiting', f.maxWaiting);
@@ -113,15 +116,17 @@ export async function serveCommand(f: ServeFlags): Promise<void> {
   }
   await yieldToHttp();
   const maxLen = run.cfg.model.seqLen;
+  if (precision === 'bf16' && lead) process.stderr.write(`${BF16_WEIGHTS_NOTICE}\n`);
   const host = placeRanks({
     cfg: run.cfg,
     params: run.params,
+    weights: precision,
     backend: f.backend,
     workers: run.workers,
     launched: run.launched,
     slots,
     maxLen,
-    config: { command: 'serve', run: path.resolve(f.run), step: run.step, slots },
+    config: { command: 'serve', run: path.resolve(f.run), step: run.step, slots, precision },
   });
   if (!host.lead) {
     try {

@@ -255,6 +255,8 @@ export class RankModel {
   /** The GEMM and activation precision of forward/backward (master weights and gradients stay float32). */
   private prec: Precision = 'fp32';
   private w16?: Views16;
+  /** The weights forwardBatch multiplies with (see setBatchWeights). */
+  private batchWeights: 'fp32' | 'bf16' = 'fp32';
 
   constructor(
     readonly cfg: ResolvedConfig,
@@ -364,6 +366,20 @@ export class RankModel {
       conv(w.lmHead, this.w16.lmHead);
     }
     return this.w16;
+  }
+
+  /**
+   * The weights of forwardBatch (the inference engine's step): 'fp32', the float32 masters; or 'bf16',
+   * copies of every GEMM weight rounded to bf16 now (call it after loading), which `gemmBf16W` reads at
+   * 2 bytes per weight. Activations, the KV cache, norms and the embedding stay float32.
+   */
+  setBatchWeights(p: 'fp32' | 'bf16'): void {
+    if (p !== 'fp32' && p !== 'bf16') throw new Error(`unknown weight precision ${JSON.stringify(p)} (expected fp32 or bf16)`);
+    if (p === 'bf16') {
+      if (!(this.params.flat instanceof Float32Array)) throw new Error('bf16 weights need a float32 backend');
+      this.refreshBf16Weights();
+    }
+    this.batchWeights = p;
   }
 
   zeroGrad(): void {
@@ -839,16 +855,23 @@ export class RankModel {
     if (rows !== R) throw new Error(`forwardBatch: ${R} tokens for sequences of ${rows} new tokens`);
     const sc = this.batchScratch(cache, R, maxN, outRows);
     const { x, xn, rstd, q, kn, vn, ao, o, pack, gate, up, sw, att } = sc;
+    const w16 = this.batchWeights === 'bf16' ? this.w16! : null;
+    // C[M, N] = A[M, K] · Wᵀ, W [N, K] in float32 or (bf16 weights) its bf16 copy
+    const mm = (M: number, N: number, K: number, A: FloatArray, Wt: FloatArray, W16: Uint16Array | undefined, C: FloatArray): void => {
+      if (W16) be.gemmBf16W(M, N, K, 1, A as Float32Array, 0, K, W16, 0, K, 0, C as Float32Array, 0, N);
+      else be.gemm(false, true, M, N, K, 1, A, 0, K, Wt, 0, K, 0, C, 0, N);
+    };
     be.embeddingForward(x, w.embed, tokens, R, h, this.vocabStart, Vl);
     await embeddingReduce(comm, x, R * h, TAGS.embedFwd);
     for (let l = 0; l < cfg.model.layers; l++) {
       const lw = w.layers[l]!;
+      const l16 = w16?.layers[l];
       const K = cache.k[l]!;
       const V = cache.v[l]!;
       be.rmsnormForward(xn, rstd, x, lw.ln1, R, h, eps);
-      be.gemm(false, true, R, qd, h, 1, xn, 0, h, lw.wq, 0, h, 0, q, 0, qd);
-      be.gemm(false, true, R, kvd, h, 1, xn, 0, h, lw.wk, 0, h, 0, kn, 0, kvd);
-      be.gemm(false, true, R, kvd, h, 1, xn, 0, h, lw.wv, 0, h, 0, vn, 0, kvd);
+      mm(R, qd, h, xn, lw.wq, l16?.wq, q);
+      mm(R, kvd, h, xn, lw.wk, l16?.wk, kn);
+      mm(R, kvd, h, xn, lw.wv, l16?.wv, vn);
       let r0 = 0;
       for (const sq of seqs) {
         be.ropeForward(q.subarray(r0 * qd), this.cos, this.sin, 1, sq.n, NHl, HD, sq.pos);
@@ -860,14 +883,14 @@ export class RankModel {
         be.attentionForward(ao.subarray(r0 * qd), att, q.subarray(r0 * qd), K.subarray(base), V.subarray(base), 1, sq.n, sq.pos + sq.n, NHl, NKVl, HD, maxLen * kvd);
         r0 += sq.n;
       }
-      be.gemm(false, true, R, h, qd, 1, ao, 0, qd, lw.wo, 0, qd, 0, o, 0, h);
+      mm(R, h, qd, ao, lw.wo, l16?.wo, o);
       await partialAllReduce(comm, be, o, R, h, s, c, pack, TAGS.attnFwd);
       be.add(x, x, o, R * h);
       be.rmsnormForward(xn, rstd, x, lw.ln2, R, h, eps);
-      be.gemm(false, true, R, F, h, 1, xn, 0, h, lw.wgate, 0, h, 0, gate, 0, F);
-      be.gemm(false, true, R, F, h, 1, xn, 0, h, lw.wup, 0, h, 0, up, 0, F);
+      mm(R, F, h, xn, lw.wgate, l16?.wgate, gate);
+      mm(R, F, h, xn, lw.wup, l16?.wup, up);
       be.swigluForward(sw, gate, up, R * F);
-      be.gemm(false, true, R, h, F, 1, sw, 0, F, lw.wdown, 0, F, 0, o, 0, h);
+      mm(R, h, F, sw, lw.wdown, l16?.wdown, o);
       await partialAllReduce(comm, be, o, R, h, s, c, pack, TAGS.mlpFwd);
       be.add(x, x, o, R * h);
     }
@@ -882,7 +905,7 @@ export class RankModel {
       r0 += sq.n;
     }
     be.rmsnormForward(lastN, rstd, last, w.norm, outRows, h, eps);
-    be.gemm(false, true, outRows, Vl, h, 1, lastN, 0, h, w.lmHead, 0, h, 0, local, 0, Vl);
+    mm(outRows, Vl, h, lastN, w.lmHead, w16?.lmHead, local);
     if (this.N === 1) return local.subarray(0, outRows * Vl);
     await comm.allGather(gathered, local, 'gen.logits', outRows * Vl);
     const n = outRows * Vl;

@@ -61,6 +61,8 @@ export interface PlaceOptions {
   cfg: ResolvedConfig;
   /** Full logical tensors by name. */
   params: Map<string, Float32Array>;
+  /** The GEMM weights the ranks multiply with: float32 (default) or bf16 copies (RankModel.setBatchWeights). */
+  weights?: 'fp32' | 'bf16';
   backend?: string;
   /** Worker threads (must divide tp); 0 or undefined: virtual ranks in this thread. */
   workers?: number;
@@ -143,7 +145,10 @@ class VirtualHost extends HostBase {
   constructor(o: PlaceOptions) {
     super(o.slots, o.maxLen);
     const vm = new VirtualModel(o.cfg, selectBackend(o.backend));
-    for (const m of vm.ranks) m.loadFull((s) => o.params.get(s.name)!);
+    for (const m of vm.ranks) {
+      m.loadFull((s) => o.params.get(s.name)!);
+      m.setBatchWeights(o.weights ?? 'fp32');
+    }
     this.tp = o.cfg.parallel.tp;
     this.comms = vm.comms;
     this.ex = vm.ranks.map((m) => new RankExecutor(m, o.slots, o.maxLen));
@@ -167,6 +172,7 @@ export interface ThreadsInput {
   cfg: ResolvedConfig;
   backend: BackendName;
   params: Map<string, Float32Array>;
+  weights: 'fp32' | 'bf16';
   slots: number;
   maxLen: number;
 }
@@ -192,7 +198,7 @@ class ThreadsHost extends HostBase {
     super(o.slots, o.maxLen);
     this.tp = o.cfg.parallel.tp;
     const be = selectBackend(o.backend, { quiet: true });
-    const input: ThreadsInput = { cfg: o.cfg, backend: be.name, params: o.params, slots: o.slots, maxLen: o.maxLen };
+    const input: ThreadsInput = { cfg: o.cfg, backend: be.name, params: o.params, weights: o.weights ?? 'fp32', slots: o.slots, maxLen: o.maxLen };
     this.done = launchThreadGroup<null, ThreadsInput>({
       nRanks: this.tp,
       nWorkers: workers,
@@ -259,7 +265,10 @@ class ProcessHost extends HostBase {
     super(o.slots, o.maxLen);
     const be = selectBackend(o.backend, { quiet: launched.launch.rank !== 0 });
     const pm = processModel(o.cfg, be, launched, o.config);
-    for (const m of pm.ranks) m.loadFull((s) => o.params.get(s.name)!);
+    for (const m of pm.ranks) {
+      m.loadFull((s) => o.params.get(s.name)!);
+      m.setBatchWeights(o.weights ?? 'fp32');
+    }
     this.tp = o.cfg.parallel.tp;
     this.placement = launched.mpi ? 'mpi' : 'tcp';
     this.comms = pm.comms;

@@ -39,6 +39,7 @@ parentPort!.on('message', (m: { caatPlan?: Float32Array; id?: number }) => {
 await member.run(async (comm) => {
   const model = new RankModel(input.cfg, be, comm);
   model.loadFull((s) => input.params.get(s.name)!);
+  model.setBatchWeights(input.weights);
   const ex = new RankExecutor(model, input.slots, input.maxLen);
   const q = queues[member.ranks.indexOf(comm.rank)]!;
   for (;;) {
