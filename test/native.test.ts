@@ -297,6 +297,24 @@ describe('native backend', { skip: skipAll }, () => {
           o[0].forEach((x, i) => { if (x !== o[1][i]) throw new Error('gemmBf16W ' + m + 'x' + n + 'x' + k + ' [' + i + ']: ' + x + ' vs the float32 skinny kernel ' + o[1][i]); });
         }
       }
+      // the skinny kernel's bits do not depend on where B lies in memory (ranks and placements hold
+      // their weights at different addresses)
+      setNativeGemmPath('skinny');
+      for (const M of [1, 3, 8]) {
+        const K = 300, N = 40, a = rand(M * K), b = rand(N * K), b16 = new Uint16Array(N * K);
+        nb.toBf16(b16, b, N * K);
+        let first = null, first16 = null;
+        for (const shift of [0, 1, 2, 3, 5]) {
+          const buf = new Float32Array(N * K + 8), buf16 = new Uint16Array(N * K + 8), c = new Float32Array(M * N), c16 = new Float32Array(M * N);
+          buf.set(b, shift); buf16.set(b16, shift);
+          nb.gemm(false, true, M, N, K, 1, a, 0, K, buf, shift, K, 0, c, 0, N);
+          nb.gemmBf16W(M, N, K, 1, a, 0, K, buf16, shift, K, 0, c16, 0, N);
+          if (first === null) { first = c; first16 = c16; continue; }
+          c.forEach((x, i) => { if (x !== first[i]) throw new Error('skinny M = ' + M + ': B at offset ' + shift + ' gives other bits at [' + i + ']'); });
+          c16.forEach((x, i) => { if (x !== first16[i]) throw new Error('gemmBf16W M = ' + M + ': B at offset ' + shift + ' gives other bits at [' + i + ']'); });
+        }
+      }
+      setNativeGemmPath('auto');
       console.log(JSON.stringify(worst));`;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], {
       encoding: 'utf8',
