@@ -236,6 +236,25 @@ void openblasGemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha
 }
 #endif
 
+// Run `cols(j0, j1)` over the columns [0, N) of a skinny GEMM: split in multiples of 16 over the
+// backend's threads when N is wide enough, else in this thread.
+template <class F>
+void overColumns(int64_t N, F&& cols) {
+  const int nt = tThreads;
+  if (nt > 1 && N >= 256 * nt) {
+    SignalsBlocked quiet;  // OpenMP threads first created here must not take signals during oneDNN calls
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
+      const int64_t chunk = (((N + T - 1) / T) + 15) & ~int64_t(15);
+      const int64_t j0 = t * chunk, j1 = std::min(N, j0 + chunk);
+      if (j0 < j1) cols(j0, j1);
+    }
+  } else {
+    cols(0, N);
+  }
+}
+
 void skinnyGemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                 const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   const float* a = A;
@@ -248,19 +267,7 @@ void skinnyGemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, 
     a = pack.data();
     la = K;
   }
-  const int nt = tThreads;
-  if (nt > 1 && N >= 256 * nt) {
-    SignalsBlocked quiet;  // OpenMP threads first created here must not take signals during oneDNN calls
-#pragma omp parallel num_threads(nt)
-    {
-      const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t chunk = (((N + T - 1) / T) + 15) & ~int64_t(15);
-      const int64_t j0 = t * chunk, j1 = std::min(N, j0 + chunk);
-      if (j0 < j1) KT.skinnyGemm(tB, M, N, K, alpha, a, la, B, ldb, beta, C, ldc, j0, j1);
-    }
-  } else {
-    KT.skinnyGemm(tB, M, N, K, alpha, a, la, B, ldb, beta, C, ldc, 0, N);
-  }
+  overColumns(N, [&](int64_t j0, int64_t j1) { KT.skinnyGemm(tB, M, N, K, alpha, a, la, B, ldb, beta, C, ldc, j0, j1); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,19 +410,7 @@ void gemmBf16WImpl(int64_t M, int64_t N, int64_t K, float alpha, const float* A,
     gemmF32(false, true, M, N, K, alpha, A, lda, wb.data(), std::max<int64_t>(1, K), beta, C, ldc);
     return;
   }
-  const int nt = tThreads;
-  if (nt > 1 && N >= 256 * nt) {
-    SignalsBlocked quiet;
-#pragma omp parallel num_threads(nt)
-    {
-      const int64_t T = omp_get_num_threads(), t = omp_get_thread_num();
-      const int64_t chunk = (((N + T - 1) / T) + 15) & ~int64_t(15);
-      const int64_t j0 = t * chunk, j1 = std::min(N, j0 + chunk);
-      if (j0 < j1) KT.skinnyGemmBf16(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, j0, j1);
-    }
-  } else {
-    KT.skinnyGemmBf16(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, 0, N);
-  }
+  overColumns(N, [&](int64_t j0, int64_t j1) { KT.skinnyGemmBf16(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, j0, j1); });
 }
 
 // bf16 path: 0 automatic (the matmul primitive where the CPU has bf16 hardware, else widen to fp32),

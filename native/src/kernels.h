@@ -46,8 +46,7 @@ struct Kernels {
   void (*skinnyGemm)(bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                      const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int64_t j0, int64_t j1);
   // The same with transB and B held as bf16 bit patterns ([N, K], widened exactly in registers): the
-  // float32 kernel's products and loop order (bit-identical to skinnyGemm on the widened B in the AVX2
-  // build; the other builds split off an alignment head that depends on B's address).
+  // float32 kernel's products and loop order, so the result is skinnyGemm's on the widened B.
   void (*skinnyGemmBf16)(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                          const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc, int64_t j0, int64_t j1);
 };
