@@ -70,7 +70,7 @@ function normErr(a: Float32Array, b: Float32Array): number {
 
 const GEMM_SHAPES: [number, number, number][] = [
   [1, 1, 1], [1, 37, 19], [2, 300, 70], [3, 50, 1000], [5, 16, 16], [8, 129, 33], [8, 1030, 530],
-  [9, 64, 65], [16, 100, 17], [40, 50, 60], [1, 0, 5], [3, 5, 0],
+  [9, 64, 65], [16, 100, 17], [40, 50, 60], [24, 70, 300], [64, 33, 257], [1, 0, 5], [3, 5, 0],
 ];
 
 /** Runs every GEMM shape with strided, offset operands and NaN in C (beta = 0 must overwrite). */
@@ -118,7 +118,7 @@ describe('native backend', { skip: skipAll }, () => {
       try {
         for (const path of ['blas', 'skinny'] as const) {
           setNativeGemmPath(path, blas);
-          for (const [B, Tq, Tk, NH, NKV, HD, spare] of [[2, 1, 9, 4, 2, 16, 3], [1, 4, 11, 2, 1, 8, 0], [1, 200, 200, 2, 1, 16, 0]] as const) {
+          for (const [B, Tq, Tk, NH, NKV, HD, spare] of [[2, 1, 9, 4, 2, 16, 3], [3, 1, 13, 6, 2, 12, 2], [2, 1, 1, 3, 3, 5, 0], [1, 4, 11, 2, 1, 8, 0], [1, 200, 200, 2, 1, 16, 0]] as const) {
             const kvs = (Tk + spare) * NKV * HD;
             const q = rand(B * Tq * NH * HD, r);
             const k = rand(B * kvs, r);
@@ -269,7 +269,7 @@ describe('native backend', { skip: skipAll }, () => {
       const err = (a, b) => { let m = 0, d = 0; for (let i = 0; i < b.length; i++) { m = Math.max(m, Math.abs(b[i])); d = Math.max(d, Math.abs(a[i] - b[i])); } return d / m; };
       const worst = {};
       const cmp = (name, f) => { const [a, b] = f(); worst[name] = Math.max(worst[name] ?? 0, err(a, b)); };
-      for (const [r, c] of [[3, 37], [5, 64], [2, 1000]]) {
+      for (const [r, c] of [[3, 37], [5, 64], [2, 1000], [17, 45], [40, 300]]) {
         const x = rand(r * c), y = rand(r * c), w = rand(c);
         cmp('softmaxForward', () => { const o = [new Float32Array(r * c), new Float32Array(r * c)]; nb.softmaxForward(o[0], x, r, c, 0.5, 0); js.softmaxForward(o[1], x, r, c, 0.5, 0); return o; });
         cmp('swigluBackward', () => { const o = [new Float32Array(r * c), new Float32Array(r * c), new Float32Array(r * c), new Float32Array(r * c)]; nb.swigluBackward(o[0], o[2], y, x, y, r * c); js.swigluBackward(o[1], o[3], y, x, y, r * c); return [o[0], o[1]]; });
@@ -280,10 +280,21 @@ describe('native backend', { skip: skipAll }, () => {
           for (const tB of [false, true]) cmp('gemm/' + path, () => { const o = [new Float32Array(r * 19), new Float32Array(r * 19)], b = rand(c * 19); nb.gemm(false, tB, r, 19, c, 1, x, 0, c, b, 0, tB ? c : 19, 0, o[0], 0, 19); js.gemm(false, tB, r, 19, c, 1, x, 0, c, b, 0, tB ? c : 19, 0, o[1], 0, 19); return o; });
         }
       }
+      // decode attention (one query row per sequence): GQA, a head size that is not a multiple of 8,
+      // a cache longer than the keys in use
+      for (const [B, Tk, NH, NKV, HD, spare] of [[2, 9, 4, 2, 16, 3], [3, 13, 6, 2, 12, 2], [1, 70, 2, 1, 5, 0]]) {
+        const kvs = (Tk + spare) * NKV * HD, q = rand(B * NH * HD), k = rand(B * kvs), v = rand(B * kvs);
+        cmp('attentionForward/decode', () => {
+          const o = [new Float32Array(B * NH * HD), new Float32Array(B * NH * HD)], a = [new Float32Array(B * NH * Tk), new Float32Array(B * NH * Tk)];
+          nb.attentionForward(o[0], a[0], q, k, v, B, 1, Tk, NH, NKV, HD, kvs);
+          js.attentionForward(o[1], a[1], q, k, v, B, 1, Tk, NH, NKV, HD, kvs);
+          return [Float32Array.from([...o[0], ...a[0]]), Float32Array.from([...o[1], ...a[1]])];
+        });
+      }
       // bf16 weights: against js on the widened weights; in the AVX2 build, M <= 8 gives exactly the
       // float32 skinny kernel's bits on the widened weights (same products, same order)
       setNativeGemmPath('auto');
-      for (const [m, n, k] of [[1, 37, 70], [3, 19, 1000], [8, 21, 64], [12, 9, 33]]) {
+      for (const [m, n, k] of [[1, 37, 70], [3, 19, 1000], [8, 21, 64], [12, 9, 33], [40, 30, 300]]) {
         const a = rand(m * k), w16 = new Uint16Array(n * k), ww = new Float32Array(n * k);
         nb.toBf16(w16, rand(n * k), n * k);
         nb.fromBf16(ww, w16, n * k);

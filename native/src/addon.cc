@@ -276,10 +276,11 @@ void skinnyGemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, 
 
 // A class is (transposes, M bucket, size bucket of N·K):
 //   M: 1 | 2..8 | 9..64 | > 64        N·K: ≤ 65536 | larger
-// Each class has a representative shape that the choice is measured on (M 1, 8, 64, 512; N = K = 256
-// or 1024). The skinny kernel is a candidate only for M ≤ 8.
+// Each class has a representative shape that the choice is measured on (M 1, 8, 32, 512; N = K = 256
+// or 1024; M 32 as a decode step of a batch of sequences). The skinny kernel is a candidate for M ≤ 8
+// and, with B transposed (a weight matrix [N, K]), for M ≤ 64 (its medium-M kernel).
 constexpr int kMBuckets = 4, kSBuckets = 2, kClasses = 4 * kMBuckets * kSBuckets;
-constexpr int64_t kRepM[kMBuckets] = {1, 8, 64, 512};
+constexpr int64_t kRepM[kMBuckets] = {1, 8, 32, 512};
 constexpr int64_t kRepNK[kSBuckets] = {256, 1024};
 
 int classOf(bool tA, bool tB, int64_t M, int64_t N, int64_t K) {
@@ -299,7 +300,10 @@ std::string className(int c) {
 
 bool implEligible(int impl, int cls) {
   if (!implBuilt(impl)) return false;
-  if (impl == kSkinny) return (cls / kSBuckets) % kMBuckets <= 1;
+  if (impl == kSkinny) {
+    const int mb = (cls / kSBuckets) % kMBuckets, tr = cls / (kSBuckets * kMBuckets);
+    return mb <= 1 || (mb == 2 && (tr & 1));
+  }
   return true;
 }
 
@@ -397,13 +401,14 @@ void widenBf16(float* dst, const uint16_t* src, int64_t ld, int64_t rows, int64_
 }
 
 // C = alpha·A·Bᵀ + beta·C with A float32 [M, K] and B bf16 bit patterns [N, K] (weights kept in bf16
-// for decoding): M ≤ 8 through the skinny kernel reading B at 2 bytes per element (columns split over
-// the threads as skinnyGemm does); larger M widens B exactly into a float32 buffer and runs the
-// float32 dispatch, whose result then equals gemm on the widened weights.
+// for decoding): M ≤ 64 through the skinny kernel (its medium-M kernel above 8 rows) reading B at 2
+// bytes per element (columns split over the threads as skinnyGemm does); larger M widens B exactly
+// into a float32 buffer and runs the float32 dispatch, whose result then equals gemm on the widened
+// weights.
 void gemmBf16WImpl(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const uint16_t* B,
                    int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
-  if (M > 8 || K <= 0) {
+  if (M > 64 || K <= 0) {
     thread_local std::vector<float> wb;
     wb.resize((size_t)std::max<int64_t>(1, N * K));
     if (K > 0) widenBf16(wb.data(), B, ldb, N, K);
@@ -480,6 +485,12 @@ void attentionForwardImpl(float* out, float* att, const float* q, const float* k
                           int64_t Tk, int64_t NH, int64_t NKV, int64_t HD, int64_t kvBatchStride) {
   const int64_t group = NH / NKV, qRow = NH * HD, kvRow = NKV * HD, past = Tk - Tq;
   const float scale = (float)(1.0 / std::sqrt((double)HD));
+  if (Tq == 1) {  // decoding: one fused pass over each sequence's keys and values for all heads
+    for (int64_t b = 0; b < B; b++)
+      KT.attnDecode(out + b * qRow, att + b * NH * Tk, q + b * qRow, k + b * kvBatchStride, v + b * kvBatchStride, Tk, NH,
+                    NKV, HD, kvRow, scale);
+    return;
+  }
   for (int64_t b = 0; b < B; b++) {
     for (int64_t h = 0; h < NH; h++) {
       const int64_t g = h / group;

@@ -42,13 +42,18 @@ struct Kernels {
   // Skinny GEMM for small M (decoding): columns [j0, j1) of
   //   C[M, N] = alpha * A[M, K] * op(B) + beta * C
   // with A stored untransposed ([M, K], leading dimension lda); op(B) = B ([K, N], ldb) or, with
-  // transB, B stored [N, K]. beta = 0 overwrites C. Any M works; it is meant for M <= 8.
+  // transB, B stored [N, K]. beta = 0 overwrites C. Any M works; it is meant for M <= 8, and with
+  // transB for M <= 64 (above 8 rows the medium-M kernel, mediumNT).
   void (*skinnyGemm)(bool transB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                      const float* B, int64_t ldb, float beta, float* C, int64_t ldc, int64_t j0, int64_t j1);
   // The same with transB and B held as bf16 bit patterns ([N, K], widened exactly in registers): the
   // float32 kernel's products and loop order, so the result is skinnyGemm's on the widened B.
   void (*skinnyGemmBf16)(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
                          const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc, int64_t j0, int64_t j1);
+  // Attention of one query row of NH heads over Tk keys (decoding): att [NH, Tk] (scores, then
+  // probabilities), out [NH·HD]; key and value rows of NKV·HD floats at stride kvRow.
+  void (*attnDecode)(float* out, float* att, const float* q, const float* k, const float* v, int64_t Tk, int64_t NH,
+                     int64_t NKV, int64_t HD, int64_t kvRow, float scale);
 };
 
 namespace k512 { const Kernels& table(); }

@@ -4,16 +4,18 @@
  *
  * The addon (native/src/addon.cc) defines the shape classes: the transposes (NN, NT, TN, TT) × an M
  * bucket (1 | 2-8 | 9-64 | > 64) × a size bucket of N·K (≤ 65 536 | larger), 32 in all, each with a
- * representative shape (M 1, 8, 64 or 512; N = K = 256 or 1024). The candidates are the
+ * representative shape (M 1, 8, 32 or 512; N = K = 256 or 1024). The candidates are the
  * implementations built into the addon: `onednn` (dnnl_sgemm), `matmul` (the oneDNN matmul primitive,
- * primitives cached per shape), `openblas` (cblas_sgemm) and, for M ≤ 8, `skinny` (the hand-written
- * kernel). Every candidate of every class is timed inside C on its representative shape (one warm-up
+ * primitives cached per shape), `openblas` (cblas_sgemm) and `skinny` (the hand-written kernels: for
+ * M ≤ 8, and for M ≤ 64 with B transposed, i.e. a weight matrix [N, K] as in a decode step). Every
+ * candidate of every class is timed inside C on its representative shape (one warm-up
  * call, then three rounds in turn so they see the same machine load; median), about a second in all,
- * once per machine: the choice is cached in a JSON file. For M ≤ 8 (decoding, where B is a weight
+ * once per machine: the choice is cached in a JSON file. For M ≤ 64 (decoding, where B is a weight
  * matrix read once per step from memory) each call reads another B from a 128 MiB buffer, so B comes
  * from DRAM as it does in a decode step: timed on a B that stays in cache, oneDNN's gemv wins, while
  * streamed the prefetching skinny kernel does (Zen 3, batch-1 decode of the small config: 72-77% →
- * 85-86% of the read-bandwidth limit, batch 8 +30%).
+ * 85-86% of the read-bandwidth limit, batch 8 +30%); at M 32 the skinny kernel's medium-M path, which
+ * packs A instead of B, runs at 67-70 GFLOP/s on streamed weights where dnnl_sgemm runs at 50-60.
  *
  * Cache: CAAT_GEMM_CACHE (a file path), else $XDG_CACHE_HOME/caatnet/gemm-choice.json, else
  * ~/.cache/caatnet/gemm-choice.json. One entry per key: CPU model and flags, the addon's kernel ISA,
@@ -93,8 +95,8 @@ export interface ChoiceKey {
 
 const FORMAT = 'caatnet-gemm-choice';
 /** How the classes are measured (part of the key: entries measured otherwise are measured again). */
-const METHOD = 'm<=8:cold-b-128MiB';
-/** The buffer the B operands of M ≤ 8 classes rotate through, larger than any last-level cache here. */
+const METHOD = 'm<=64:cold-b-128MiB';
+/** The buffer the B operands of M ≤ 64 classes rotate through, larger than any last-level cache here. */
 const COLD_B_BYTES = 128 << 20;
 const VERSION = 1;
 
@@ -213,12 +215,12 @@ export function measureGemmClasses(addon: GemmChoiceAddon, threads: number, roun
   const A = fill(maxA, 1);
   const B = fill(maxB, 2);
   const C = new Float32Array(maxC);
-  // M ≤ 8: every call reads the next B of the cold buffer, wrapping around, so no B is in cache
-  const coldB = classes.some((c) => c.M <= 8) ? fill(Math.max(maxB, COLD_B_BYTES / 4), 3) : B;
+  // M ≤ 64: every call reads the next B of the cold buffer, wrapping around, so no B is in cache
+  const coldB = classes.some((c) => c.M <= 64) ? fill(Math.max(maxB, COLD_B_BYTES / 4), 3) : B;
   let coldAt = 0;
   const bOf = (c: GemmClass): Float32Array => {
     const n = c.N * c.K;
-    if (c.M > 8) return B.subarray(0, n);
+    if (c.M > 64) return B.subarray(0, n);
     if (coldAt + n > coldB.length) coldAt = 0;
     coldAt += n;
     return coldB.subarray(coldAt - n, coldAt);

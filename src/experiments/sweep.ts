@@ -216,8 +216,13 @@ class GridProgress {
   done = 0;
   running = new Set<Cell>();
 
+  /**
+   * `todo`: the cells this invocation runs (the ETA covers only them: a complete cell kept from
+   * results.jsonl without its folder has no metrics to count as done).
+   */
   constructor(
     private readonly cells: Cell[],
+    private readonly todo: Cell[],
     private readonly out: string,
     private readonly log: (m: string) => void,
     private readonly stream: NodeJS.WriteStream = process.stderr,
@@ -225,7 +230,7 @@ class GridProgress {
 
   private workDone(): number {
     let w = 0;
-    for (const c of this.cells) {
+    for (const c of this.todo) {
       const m = readMetrics(new CellPaths(this.out, c.name).runDir);
       const steps = m.length ? m[m.length - 1]!.step : 0;
       w += (c.work * Math.min(steps, c.steps)) / c.steps;
@@ -234,7 +239,7 @@ class GridProgress {
   }
 
   eta(): string {
-    const total = this.cells.reduce((a, c) => a + c.work, 0);
+    const total = this.todo.reduce((a, c) => a + c.work, 0);
     const w = this.workDone();
     const secs = (performance.now() - this.t0) / 1000;
     const rate = (w - this.workAtStart) / secs;
@@ -369,7 +374,7 @@ export async function runSweep(o: SweepOptions): Promise<SweepSummary> {
   log(`sweep: ${cells.length} cells (${o.spec.grid.map(([k, v]) => `${k} × ${v.length}`).join(', ')}), ${skipped} complete, ${todo.length} to run; up to ${jobs} side by side on ${cores} cores; folder ${out}`);
   if (todo.length === 0) return { rows: cells.map((c) => rows.get(c.name)!), cells: cells.length, skipped, started, failed };
 
-  const progress = new GridProgress(cells, out, log);
+  const progress = new GridProgress(cells, todo, out, log);
   const sched = new CoreScheduler(cores, jobs);
   const onAbort = (): void => {
     sched.stop();
