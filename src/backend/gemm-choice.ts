@@ -41,7 +41,7 @@ import { describeMachine } from '../bench/machine.js';
 
 export const GEMM_IMPLS = ['onednn', 'matmul', 'openblas', 'skinny'] as const;
 export type GemmImpl = (typeof GEMM_IMPLS)[number];
-/** What CAAT_GEMM / --gemm may force (the skinny kernel is a choice for small M only). */
+/** What CAAT_GEMM / --gemm may force (the skinny kernels are a choice for up to 64 rows only). */
 export type GemmOverride = 'onednn' | 'matmul' | 'openblas';
 
 export interface GemmClass {

@@ -457,14 +457,16 @@ export function nativeGemmBf16TimedInC(
 }
 
 /** [class name, implementation] that a `gemm` call of this shape runs with `threads` threads. */
-export function nativeGemmResolve(transA: boolean, transB: boolean, M: number, N: number, K: number, opts: TimedOptions = {}): { cls: string; impl: GemmImpl } {
+export function nativeGemmResolve(transA: boolean, transB: boolean, M: number, N: number, K: number, opts: TimedOptions = {}): { cls: string; impl: GemmImpl; candidates: GemmImpl[] } {
   const { addon } = loadAddon();
   const threads = threadCount(opts);
   ensureGemmTable(addon, threads);
   useThreads(addon, threads);
   const id = opts.impl !== undefined ? forcedImpl(addon, { gemm: opts.impl }).id : forcedImpl(addon, opts).id;
   const [c, i] = addon.gemmResolve(transA, transB, M, N, K, id);
-  return { cls: addon.gemmClasses()[c]!.name, impl: addon.gemmImpls()[i]!.name as GemmImpl };
+  const impls = addon.gemmImpls();
+  const cl = addon.gemmClasses()[c]!;
+  return { cls: cl.name, impl: impls[i]!.name as GemmImpl, candidates: cl.candidates.map((x) => impls[x]!.name as GemmImpl) };
 }
 
 /** Force the GEMM path, process-wide: 'auto' (default), 'blas' or 'skinny' (tests, benchmarks). */

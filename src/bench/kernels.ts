@@ -408,8 +408,8 @@ function nativeModelRows(
     const B = fB.subarray(0, N * K);
     const C = fC.subarray(0, M * N);
     const flops = 2 * M * N * K;
-    const { cls, impl: chosen } = nativeModule.nativeGemmResolve(tA, tB, M, N, K);
-    const cands = impls.filter((x) => x !== 'skinny' || M <= 8);
+    const { cls, impl: chosen, candidates } = nativeModule.nativeGemmResolve(tA, tB, M, N, K);
+    const cands = impls.filter((x) => candidates.includes(x));
     log(`bench: native gemm_impl ${trans} ${shapeText([M, N, K])} (${cands.join(', ')})`);
     // warm-up each, then rounds in turn within the budget
     const t0 = now();
