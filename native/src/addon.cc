@@ -289,8 +289,14 @@ int classOf(bool tA, bool tB, int64_t M, int64_t N, int64_t K) {
   return (((tA ? 2 : 0) + (tB ? 1 : 0)) * kMBuckets + mb) * kSBuckets + sb;
 }
 
+// The parts of class c: tr (bit 1 transA, bit 0 transB), mb (M bucket), sb (size bucket).
+struct ClassParts {
+  int tr, mb, sb;
+};
+ClassParts classParts(int c) { return {c / (kSBuckets * kMBuckets), (c / kSBuckets) % kMBuckets, c % kSBuckets}; }
+
 std::string className(int c) {
-  const int sb = c % kSBuckets, mb = (c / kSBuckets) % kMBuckets, tr = c / (kSBuckets * kMBuckets);
+  const auto [tr, mb, sb] = classParts(c);
   static const char* const mName[kMBuckets] = {"m1", "m2-8", "m9-64", "m65+"};
   std::string s;
   s += (tr & 2) ? 'T' : 'N';
@@ -301,7 +307,8 @@ std::string className(int c) {
 bool implEligible(int impl, int cls) {
   if (!implBuilt(impl)) return false;
   if (impl == kSkinny) {
-    const int mb = (cls / kSBuckets) % kMBuckets, tr = cls / (kSBuckets * kMBuckets);
+    const auto [tr, mb, sb] = classParts(cls);
+    (void)sb;
     return mb <= 1 || (mb == 2 && (tr & 1));
   }
   return true;
@@ -1143,7 +1150,7 @@ Napi::Value GemmClasses(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Array arr = Napi::Array::New(env, kClasses);
   for (int c = 0; c < kClasses; c++) {
-    const int sb = c % kSBuckets, mb = (c / kSBuckets) % kMBuckets, tr = c / (kSBuckets * kMBuckets);
+    const auto [tr, mb, sb] = classParts(c);
     Napi::Object o = Napi::Object::New(env);
     o.Set("name", className(c));
     o.Set("transA", (tr & 2) != 0);

@@ -95,7 +95,9 @@ export interface ChoiceKey {
 
 const FORMAT = 'caatnet-gemm-choice';
 /** How the classes are measured (part of the key: entries measured otherwise are measured again). */
-const METHOD = 'm<=64:cold-b-128MiB';
+/** Classes of at most this M (decoding: B a weight matrix) are timed with B read from memory. */
+const COLD_B_MAX_M = 64;
+const METHOD = `m<=${COLD_B_MAX_M}:cold-b-128MiB`;
 /** The buffer the B operands of M ≤ 64 classes rotate through, larger than any last-level cache here. */
 const COLD_B_BYTES = 128 << 20;
 const VERSION = 1;
@@ -216,11 +218,11 @@ export function measureGemmClasses(addon: GemmChoiceAddon, threads: number, roun
   const B = fill(maxB, 2);
   const C = new Float32Array(maxC);
   // M ≤ 64: every call reads the next B of the cold buffer, wrapping around, so no B is in cache
-  const coldB = classes.some((c) => c.M <= 64) ? fill(Math.max(maxB, COLD_B_BYTES / 4), 3) : B;
+  const coldB = classes.some((c) => c.M <= COLD_B_MAX_M) ? fill(Math.max(maxB, COLD_B_BYTES / 4), 3) : B;
   let coldAt = 0;
   const bOf = (c: GemmClass): Float32Array => {
     const n = c.N * c.K;
-    if (c.M > 64) return B.subarray(0, n);
+    if (c.M > COLD_B_MAX_M) return B.subarray(0, n);
     if (coldAt + n > coldB.length) coldAt = 0;
     coldAt += n;
     return coldB.subarray(coldAt - n, coldAt);
